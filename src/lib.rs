@@ -14,3 +14,12 @@ pub mod proto {
     /// The file descriptor set served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("claims_descriptor");
 }
+
+#[cfg(feature = "server")]
+pub mod api;
+
+#[cfg(feature = "server")]
+pub mod store;
+
+#[cfg(feature = "server")]
+pub mod ledger;

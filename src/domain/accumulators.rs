@@ -139,6 +139,16 @@ impl Accumulators {
         }
     }
 
+    /// Adds to a period's total paid alone: other members' payouts, as loaded from the store for
+    /// the aggregate cap.
+    pub fn add_period_paid(&mut self, period: &PeriodKey, amount: Decimal) {
+        let total = self.periods.entry(period.clone()).or_default();
+        *total += amount;
+        if total.is_zero() {
+            self.periods.remove(period);
+        }
+    }
+
     /// What one member holds, per product period.
     pub fn member(&self, member: &MemberId) -> Option<&HashMap<PeriodKey, MemberPeriod>> {
         self.members.get(member)

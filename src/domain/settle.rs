@@ -40,6 +40,33 @@ impl LayerResult {
             start: self.period_start,
         }
     }
+
+    /// What this layer adds to the accumulators: the deductible applied, the after-deductible
+    /// amount (band position) and the payout. `None` when the layer chose no benefit or changed
+    /// nothing. A stored settlement's changes are rebuilt from its layers with this.
+    pub fn change(&self) -> Option<AccumulatorChange> {
+        let benefit = self.benefit.as_ref()?;
+        let delta = BenefitUsage {
+            deductible_used: self.deductible_applied,
+            band_position: self.eligible - self.deductible_applied,
+            paid: self.payout,
+        };
+        (!delta.is_zero()).then(|| AccumulatorChange {
+            period: self.key(),
+            benefit: benefit.clone(),
+            delta,
+        })
+    }
+}
+
+impl Settlement {
+    /// The accumulator changes of these layers, as `settle` computes them.
+    pub fn changes_of(member: &MemberId, layers: &[LayerResult]) -> AccumulatorChanges {
+        AccumulatorChanges {
+            member: member.clone(),
+            entries: layers.iter().filter_map(LayerResult::change).collect(),
+        }
+    }
 }
 
 /// The decision on one claim. Final and immutable once stored.
@@ -99,15 +126,10 @@ pub fn settle(catalogue: &Catalogue, member: &Member, claim: &Claim, acc: &impl 
     burden[0] -= upstream_total;
     debug_assert!(burden[0] >= Decimal::ZERO, "validation keeps upstream within IN_SCOPE");
 
-    let mut results = Vec::with_capacity(layers.len());
-    let mut entries = Vec::with_capacity(layers.len());
-    for layer in &layers {
-        let (result, change) = settle_layer(layer, category, claim, &mut burden, acc);
-        results.push(result);
-        if let Some(change) = change {
-            entries.push(change);
-        }
-    }
+    let results: Vec<LayerResult> = layers
+        .iter()
+        .map(|layer| settle_layer(layer, category, claim, &mut burden, acc))
+        .collect();
 
     let payout_total: Decimal = results.iter().map(|r| r.payout).sum();
     let out_of_pocket = burden.iter().copied().sum::<Decimal>() + totals[ExpenseClass::NonCompliant as usize];
@@ -128,11 +150,8 @@ pub fn settle(catalogue: &Catalogue, member: &Member, claim: &Claim, acc: &impl 
         } else {
             Vec::new()
         },
+        changes: Settlement::changes_of(&claim.member_id, &results),
         layers: results,
-        changes: AccumulatorChanges {
-            member: claim.member_id.clone(),
-            entries,
-        },
     }
 }
 
@@ -143,7 +162,7 @@ fn settle_layer(
     claim: &Claim,
     burden: &mut [Decimal; 4],
     acc: &impl AccumulatorView,
-) -> (LayerResult, Option<AccumulatorChange>) {
+) -> LayerResult {
     let product = &layer.terms.product;
     let mut result = LayerResult {
         product: product.code.clone(),
@@ -159,18 +178,18 @@ fn settle_layer(
     };
     if !product.eligible_categories.contains(&category) {
         result.reasons.push(Reason::CategoryNotEligible);
-        return (result, None);
+        return result;
     }
     if !product.designated_hospitals.is_empty() && !product.designated_hospitals.contains(&claim.hospital_id) {
         result.reasons.push(Reason::FacilityNotDesignated);
-        return (result, None);
+        return result;
     }
     let Some(benefit) = layer
         .terms
         .benefit_for(claim.visit_kind, claim.outpatient_kind, claim.cause)
     else {
         result.reasons.push(Reason::NoMatchingBenefit);
-        return (result, None);
+        return result;
     };
     result.benefit = Some(benefit.code.clone());
     let rule = benefit.rule_for(category);
@@ -234,16 +253,7 @@ fn settle_layer(
     result.eligible = eligible;
     result.deductible_applied = deductible_applied;
     result.payout = payout;
-    let change = AccumulatorChange {
-        period: key,
-        benefit: benefit.code.clone(),
-        delta: BenefitUsage {
-            deductible_used: deductible_applied,
-            band_position: after_deductible,
-            paid: payout,
-        },
-    };
-    (result, (!change.delta.is_zero()).then_some(change))
+    result
 }
 
 /// The unrounded sum of `amount` stacked on the bands from `position`, each slice at its band's ratio.

@@ -6,5 +6,5 @@
 
 mod examples;
 mod fixtures;
-mod validation;
 mod props;
+mod validation;

@@ -1,0 +1,8 @@
+//! The gRPC edge: proto <-> domain conversion, error mapping and the tonic services.
+
+pub mod convert;
+pub mod error;
+pub mod member;
+pub mod report;
+pub mod settlement;
+pub mod terms;

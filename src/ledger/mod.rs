@@ -1,0 +1,571 @@
+//! The ledger: idempotency, the single writer with group commit, reversals, terms versions,
+//! enrollments, and loss-ratio change notifications.
+//!
+//! Every change goes through one writer task per process, fed by a bounded channel. The writer takes
+//! whatever commands are waiting (up to `batch_max`), runs them in one transaction and answers them
+//! only after the commit returned: several claims share one durable commit, and no reply is sent for
+//! anything that could still be lost. Because the channel is FIFO and one task drains it, claims sent
+//! in order by one stream settle in that order, and any number of streams give the result of the
+//! one-at-a-time order in which the writer took them. Across processes (PostgreSQL), the writer
+//! locks the member and the product periods' totals before reading them, and SQLite's
+//! `BEGIN IMMEDIATE` serialises writers on the file.
+//!
+//! The writer reads accumulators from the database inside its transaction rather than from a cache,
+//! so several processes can share one database and a restart needs no warm-up.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use time::Date;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::domain::{
+    layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
+    MemberId, Money, PeriodKey, Settlement, Terms,
+};
+use crate::store::{now_text, Store, StoreError, StoredSettlement, Writer};
+
+/// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("invalid request: {0}")]
+    Invalid(FieldErrors),
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("claim {claim_id} of hospital {hospital_id} was already settled with different content")]
+    Conflict { hospital_id: String, claim_id: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("claim {claim_id} of hospital {hospital_id} is already reversed")]
+    AlreadyReversed { hospital_id: String, claim_id: String },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for LedgerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Database(_) => LedgerError::Unavailable(e.to_string()),
+            other => LedgerError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A settlement as the writer answers it.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub stored: StoredSettlement,
+    /// An identical claim had been settled before; this is that settlement, unchanged.
+    pub replay: bool,
+}
+
+/// One roster row, parsed by the API layer.
+#[derive(Debug, Clone)]
+pub struct EnrollRow {
+    pub member_id: MemberId,
+    pub category: Option<(Category, Date)>,
+    /// The period and the premium (None: the product's premium per member).
+    pub enrollment: Option<(PeriodKey, Option<Money>)>,
+}
+
+/// Running figures of one product period, as pushed to `WatchLossRatio`.
+#[derive(Debug, Clone)]
+pub struct LossRatioEvent {
+    pub key: PeriodKey,
+    pub figures: LossRatio,
+    pub enrolled_members: i64,
+}
+
+enum Request {
+    Settle(Claim),
+    Reverse(HospitalId, ClaimId),
+    ApplyTerms(Box<Terms>, String),
+    Enroll(Vec<EnrollRow>),
+    SetCategory(MemberId, Date, Category),
+}
+
+pub enum Response {
+    Settled(Settled),
+    Reversed(StoredSettlement),
+    Applied(ApplyOutcome),
+    Enrolled(Vec<Result<(), FieldErrors>>),
+    CategorySet,
+}
+
+type Reply = oneshot::Sender<Result<Response, LedgerError>>;
+
+struct Command {
+    request: Request,
+    reply: Reply,
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerConfig {
+    /// Commands that may wait for the writer; senders wait when it is full (back-pressure).
+    pub queue_max: usize,
+    /// Commands committed together at most.
+    pub batch_max: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            queue_max: 4096,
+            batch_max: 256,
+        }
+    }
+}
+
+/// The handle the API holds. Cloning it is cheap; the writer stops when every handle is dropped and
+/// the queue is drained.
+#[derive(Clone)]
+pub struct Ledger {
+    commands: mpsc::Sender<Command>,
+    store: Store,
+    catalogue: Arc<RwLock<Arc<Catalogue>>>,
+    loss_ratio: broadcast::Sender<LossRatioEvent>,
+}
+
+/// A pending answer from the writer.
+pub type Pending = oneshot::Receiver<Result<Response, LedgerError>>;
+
+impl Ledger {
+    /// Loads the catalogue and starts the writer. Returns the handle and the writer's task, which
+    /// ends once every handle is dropped and every queued command is answered.
+    pub async fn start(
+        store: Store,
+        config: LedgerConfig,
+    ) -> Result<(Ledger, tokio::task::JoinHandle<()>), LedgerError> {
+        let mut writer = store.writer().await?;
+        let catalogue = writer.load_catalogue().await?;
+        let terms_rows = writer.terms_count().await?;
+        let catalogue = Arc::new(RwLock::new(Arc::new(catalogue)));
+        let (tx, rx) = mpsc::channel(config.queue_max.max(1));
+        let (loss_ratio, _) = broadcast::channel(1024);
+        let task = WriterTask {
+            store: store.clone(),
+            writer,
+            commands: rx,
+            catalogue: catalogue.clone(),
+            terms_rows,
+            batch_max: config.batch_max.max(1),
+            loss_ratio: loss_ratio.clone(),
+        };
+        let handle = tokio::spawn(task.run());
+        Ok((
+            Ledger {
+                commands: tx,
+                store,
+                catalogue,
+                loss_ratio,
+            },
+            handle,
+        ))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The catalogue as of the last commit.
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        match self.catalogue.read() {
+            Ok(c) => c.clone(),
+            // A writer panicking while holding the lock leaves a usable catalogue behind.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn watch_loss_ratio(&self) -> broadcast::Receiver<LossRatioEvent> {
+        self.loss_ratio.subscribe()
+    }
+
+    async fn enqueue(&self, request: Request) -> Result<Pending, LedgerError> {
+        let (reply, pending) = oneshot::channel();
+        self.commands
+            .send(Command { request, reply })
+            .await
+            .map_err(|_| LedgerError::Unavailable("the ledger is shutting down".into()))?;
+        Ok(pending)
+    }
+
+    /// Queues a claim; the claims a caller queues one after another settle in that order.
+    pub async fn enqueue_settle(&self, claim: Claim) -> Result<Pending, LedgerError> {
+        self.enqueue(Request::Settle(claim)).await
+    }
+
+    pub async fn settle(&self, claim: Claim) -> Result<Settled, LedgerError> {
+        match wait(self.enqueue_settle(claim).await?).await? {
+            Response::Settled(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn reverse(&self, hospital: HospitalId, claim: ClaimId) -> Result<StoredSettlement, LedgerError> {
+        match wait(self.enqueue(Request::Reverse(hospital, claim)).await?).await? {
+            Response::Reversed(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn apply_terms(&self, terms: Terms, toml: String) -> Result<ApplyOutcome, LedgerError> {
+        match wait(self.enqueue(Request::ApplyTerms(Box::new(terms), toml)).await?).await? {
+            Response::Applied(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn enroll(&self, rows: Vec<EnrollRow>) -> Result<Vec<Result<(), FieldErrors>>, LedgerError> {
+        match wait(self.enqueue(Request::Enroll(rows)).await?).await? {
+            Response::Enrolled(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn set_category(&self, member: MemberId, effective: Date, category: Category) -> Result<(), LedgerError> {
+        match wait(self.enqueue(Request::SetCategory(member, effective, category)).await?).await? {
+            Response::CategorySet => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Settles against the committed accumulators and writes nothing.
+    pub async fn preview(&self, claim: &Claim) -> Result<Settlement, LedgerError> {
+        let Some((member, acc)) = self.store.member_snapshot(&claim.member_id).await? else {
+            return Err(LedgerError::MemberNotFound);
+        };
+        Ok(settle(&self.catalogue(), &member, claim, &acc))
+    }
+}
+
+fn unexpected() -> LedgerError {
+    LedgerError::Internal("the writer answered a different request".into())
+}
+
+/// Waits for the writer's answer to a queued command.
+pub async fn wait(pending: Pending) -> Result<Response, LedgerError> {
+    pending
+        .await
+        .map_err(|_| LedgerError::Unavailable("the ledger stopped before answering".into()))?
+}
+
+struct WriterTask {
+    store: Store,
+    writer: Writer,
+    commands: mpsc::Receiver<Command>,
+    catalogue: Arc<RwLock<Arc<Catalogue>>>,
+    /// Terms rows seen, to notice terms applied by another process.
+    terms_rows: i64,
+    batch_max: usize,
+    loss_ratio: broadcast::Sender<LossRatioEvent>,
+}
+
+/// What a batch changed, to publish after its commit.
+#[derive(Default)]
+struct BatchEffects {
+    /// The catalogue with this batch's terms (or reloaded), published only if the batch commits.
+    catalogue: Option<Catalogue>,
+    terms_rows_added: i64,
+}
+
+impl WriterTask {
+    async fn run(mut self) {
+        let mut batch: Vec<Command> = Vec::with_capacity(self.batch_max);
+        loop {
+            let received = self.commands.recv_many(&mut batch, self.batch_max).await;
+            if received == 0 {
+                break;
+            }
+            self.process(std::mem::take(&mut batch)).await;
+        }
+        tracing::info!("ledger writer stopped");
+    }
+
+    fn current_catalogue(&self) -> Arc<Catalogue> {
+        match self.catalogue.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(batch = batch.len()))]
+    async fn process(&mut self, batch: Vec<Command>) {
+        let mut effects = BatchEffects::default();
+        let mut touched = BTreeSet::new();
+        let mut answers: Vec<(Reply, Result<Response, LedgerError>)> = Vec::with_capacity(batch.len());
+        let outcome = self.run_batch(batch, &mut effects, &mut touched, &mut answers).await;
+        let committed = match outcome {
+            Ok(()) => match self.writer.commit().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; the batch is answered UNAVAILABLE");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "batch failed; rolling back");
+                if let Err(e) = self.writer.rollback().await {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+                false
+            }
+        };
+        if !committed {
+            // Nothing of this batch is stored: the catalogue changes are dropped with `effects`,
+            // and every command gets UNAVAILABLE so that callers retry (resubmission is safe).
+            for (reply, _) in answers {
+                let _ = reply.send(Err(LedgerError::Unavailable("the database refused the commit".into())));
+            }
+            // A fresh connection, in case the old one is what failed.
+            match self.store.writer().await {
+                Ok(fresh) => self.writer = fresh,
+                Err(e) => tracing::error!(error = %e, "could not open a new writer connection"),
+            }
+            return;
+        }
+        if let Some(catalogue) = effects.catalogue {
+            match self.catalogue.write() {
+                Ok(mut c) => *c = Arc::new(catalogue),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(catalogue),
+            }
+        }
+        self.terms_rows += effects.terms_rows_added;
+        for (reply, answer) in answers {
+            // A caller that went away (dropped stream) does not undo a committed settlement.
+            let _ = reply.send(answer);
+        }
+        self.publish(&touched).await;
+    }
+
+    /// Runs every command of the batch inside one transaction. An `Err` means a database failure:
+    /// the whole batch is rolled back. Refusals (conflicts, bad rows) are answers, not failures,
+    /// and write nothing.
+    async fn run_batch(
+        &mut self,
+        batch: Vec<Command>,
+        effects: &mut BatchEffects,
+        touched: &mut BTreeSet<PeriodKey>,
+        answers: &mut Vec<(Reply, Result<Response, LedgerError>)>,
+    ) -> Result<(), StoreError> {
+        self.writer.begin().await?;
+        let stored_rows = self.writer.terms_count().await?;
+        if stored_rows != self.terms_rows {
+            // Another process applied terms.
+            effects.catalogue = Some(self.writer.load_catalogue().await?);
+            effects.terms_rows_added = stored_rows - self.terms_rows;
+        }
+        let shared = self.current_catalogue();
+        for Command { request, reply } in batch {
+            let answer = match request {
+                Request::Settle(claim) => {
+                    let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
+                    settle_claim(&mut self.writer, &claim, catalogue, touched)
+                        .await?
+                        .map(Response::Settled)
+                }
+                Request::Reverse(hospital, claim) => reverse(&mut self.writer, &hospital, &claim, touched)
+                    .await?
+                    .map(Response::Reversed),
+                Request::ApplyTerms(terms, toml) => {
+                    let working = effects.catalogue.get_or_insert_with(|| (*shared).clone());
+                    let answer = apply_terms(&mut self.writer, working, *terms, &toml).await?;
+                    if matches!(answer, Ok(ApplyOutcome::NewPeriod | ApplyOutcome::NewVersion { .. })) {
+                        effects.terms_rows_added += 1;
+                    }
+                    answer.map(Response::Applied)
+                }
+                Request::Enroll(rows) => {
+                    let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
+                    Ok(Response::Enrolled(
+                        enroll(&mut self.writer, catalogue, rows, touched).await?,
+                    ))
+                }
+                Request::SetCategory(member, effective, category) => match self.writer.lock_member(&member).await? {
+                    None => Err(LedgerError::MemberNotFound),
+                    Some(_) => {
+                        self.writer.set_category(&member, effective, category).await?;
+                        Ok(Response::CategorySet)
+                    }
+                },
+            };
+            answers.push((reply, answer));
+        }
+        Ok(())
+    }
+}
+
+async fn settle_claim(
+    w: &mut Writer,
+    claim: &Claim,
+    catalogue: &Catalogue,
+    touched: &mut BTreeSet<PeriodKey>,
+) -> Result<Result<Settled, LedgerError>, StoreError> {
+    {
+        let canonical = serde_json::to_string(&claim.to_draft()).map_err(|e| StoreError::Corrupt {
+            table: "settlements",
+            detail: e.to_string(),
+        })?;
+        if let Some((_, stored_json)) = w
+            .claim_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
+            .await?
+        {
+            if stored_json != canonical {
+                return Ok(Err(LedgerError::Conflict {
+                    hospital_id: claim.hospital_id.to_string(),
+                    claim_id: claim.claim_id.to_string(),
+                }));
+            }
+            let stored = w
+                .settlement_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
+                .await?;
+            return Ok(match stored {
+                Some(stored) => Ok(Settled { stored, replay: true }),
+                None => Err(LedgerError::Internal(
+                    "a settlement vanished during its transaction".into(),
+                )),
+            });
+        }
+        let Some(member) = w.lock_member(&claim.member_id).await? else {
+            return Ok(Err(LedgerError::MemberNotFound));
+        };
+        let keys: Vec<PeriodKey> = layers_for(catalogue, &member, claim.service_date)
+            .iter()
+            .map(|v| v.terms.key())
+            .collect();
+        let acc = w.accumulators(&claim.member_id, &keys).await?;
+        let settlement = settle(catalogue, &member, claim, &acc);
+        let settled_at = now_text();
+        let seq = w.insert_settlement(&canonical, &settlement, &settled_at).await?;
+        touched.extend(
+            settlement
+                .layers
+                .iter()
+                .filter(|l| !l.payout.is_zero())
+                .map(|l| l.key()),
+        );
+        Ok(Ok(Settled {
+            stored: StoredSettlement {
+                settlement,
+                seq,
+                settled_at,
+                reversed_at: None,
+                claim_json: canonical,
+            },
+            replay: false,
+        }))
+    }
+}
+
+async fn reverse(
+    w: &mut Writer,
+    hospital: &HospitalId,
+    claim: &ClaimId,
+    touched: &mut BTreeSet<PeriodKey>,
+) -> Result<Result<StoredSettlement, LedgerError>, StoreError> {
+    {
+        let Some(mut stored) = w.settlement_by_key(hospital.as_str(), claim.as_str()).await? else {
+            return Ok(Err(LedgerError::NotFound(format!(
+                "settlement of claim {claim} of hospital {hospital}"
+            ))));
+        };
+        if stored.reversed_at.is_some() {
+            return Ok(Err(LedgerError::AlreadyReversed {
+                hospital_id: hospital.to_string(),
+                claim_id: claim.to_string(),
+            }));
+        }
+        // Take the same locks as a settlement of this member would, in the same order.
+        let keys: Vec<PeriodKey> = stored.settlement.layers.iter().map(|l| l.key()).collect();
+        w.lock_member(&stored.settlement.member_id).await?;
+        w.accumulators(&stored.settlement.member_id, &keys).await?;
+        let reversed_at = now_text();
+        w.insert_reversal(stored.seq, &stored.settlement, &reversed_at).await?;
+        touched.extend(
+            stored
+                .settlement
+                .layers
+                .iter()
+                .filter(|l| !l.payout.is_zero())
+                .map(|l| l.key()),
+        );
+        stored.reversed_at = Some(reversed_at);
+        Ok(Ok(stored))
+    }
+}
+
+impl WriterTask {
+    /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers.
+    async fn publish(&mut self, touched: &BTreeSet<PeriodKey>) {
+        if touched.is_empty() || self.loss_ratio.receiver_count() == 0 {
+            return;
+        }
+        for key in touched {
+            match self.writer.loss_ratio(key).await {
+                Ok(Some((figures, enrolled_members))) => {
+                    let _ = self.loss_ratio.send(LossRatioEvent {
+                        key: key.clone(),
+                        figures,
+                        enrolled_members,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
+            }
+        }
+    }
+}
+
+async fn apply_terms(
+    w: &mut Writer,
+    working: &mut Catalogue,
+    terms: Terms,
+    toml: &str,
+) -> Result<Result<ApplyOutcome, LedgerError>, StoreError> {
+    let outcome = match working.check(&terms) {
+        Ok(outcome) => outcome,
+        Err(errors) => return Ok(Err(LedgerError::Invalid(errors))),
+    };
+    if !matches!(outcome, ApplyOutcome::Unchanged { .. }) {
+        w.insert_terms(&terms, toml, outcome.version(), &now_text()).await?;
+        working.insert_version(terms, outcome.version());
+    }
+    Ok(Ok(outcome))
+}
+
+async fn enroll(
+    w: &mut Writer,
+    catalogue: &Catalogue,
+    rows: Vec<EnrollRow>,
+    touched: &mut BTreeSet<PeriodKey>,
+) -> Result<Vec<Result<(), FieldErrors>>, StoreError> {
+    let now = now_text();
+    let mut results = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut enrollment = None;
+        if let Some((key, premium)) = &row.enrollment {
+            match catalogue.get(key) {
+                Some(v) => enrollment = Some((key, premium.unwrap_or(v.terms.product.premium_per_member))),
+                None => {
+                    results.push(Err(FieldErrors::single(
+                        "product_code",
+                        format!("no product period {key} has been applied"),
+                    )));
+                    continue;
+                }
+            }
+        }
+        w.ensure_member(&row.member_id, &now).await?;
+        if let Some((category, effective)) = row.category {
+            w.set_category(&row.member_id, effective, category).await?;
+        }
+        if let Some((key, premium)) = enrollment {
+            w.enroll(&row.member_id, key, premium).await?;
+            touched.insert(key.clone());
+        }
+        results.push(Ok(()));
+    }
+    Ok(results)
+}

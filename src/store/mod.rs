@@ -1,0 +1,634 @@
+//! Storage: one implementation over sqlx's `Any` driver for both backends, SQLite (embedded default,
+//! one file, WAL, `synchronous=FULL`) and PostgreSQL, each with its own migrations.
+//!
+//! The SQL is written once: both backends take `$1`-style parameters in order and `RETURNING`.
+//! Where they differ (how a writer takes its lock), [`Backend`] says which statement to use.
+//!
+//! Money is stored as whole fen (`BIGINT`), dates as `YYYY-MM-DD` text.
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use time::Date;
+
+use crate::domain::{
+    format_date, money::to_fen, parse_date, Accumulators, BenefitCode, BenefitUsage, Catalogue, Category, LayerResult,
+    LossRatio, Member, MemberId, Money, PeriodKey, ProductCode, Reason, Settlement, Terms,
+};
+
+pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
+
+/// Everything that can go wrong below the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row that does not parse back: the database was changed behind the service's back.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a pool for reads and for the ledger's single writer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+pub(crate) fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.into(),
+    }
+}
+
+pub(crate) fn fen(value: Decimal, table: &'static str) -> Result<i64> {
+    to_fen(value).ok_or_else(|| corrupt(table, format!("{value} is not a whole number of fen")))
+}
+
+pub(crate) fn from_fen(value: i64) -> Decimal {
+    Decimal::new(value, 2)
+}
+
+pub(crate) fn date_col(text: &str, table: &'static str) -> Result<Date> {
+    parse_date(text).map_err(|e| corrupt(table, e))
+}
+
+pub fn now_text() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+fn reasons_text(reasons: &[Reason]) -> String {
+    let names: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+    names.join(",")
+}
+
+pub(crate) fn parse_reasons(text: &str, table: &'static str) -> Result<Vec<Reason>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|r| Reason::from_str(r).map_err(|e| corrupt(table, e)))
+        .collect()
+}
+
+impl Store {
+    /// Connects, creating the SQLite file if needed, and runs the backend's migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let url = match backend {
+            // `mode=rwc` creates the file on first start.
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            }
+            _ => url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes every commit durable
+                        // before the ledger acknowledges it; the busy timeout covers a second process
+                        // (or claimsctl) holding the write lock briefly.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A connection for the ledger's writer.
+    pub async fn writer(&self) -> Result<Writer> {
+        Ok(Writer {
+            conn: self.pool.acquire().await?.detach(),
+            backend: self.backend,
+        })
+    }
+
+    /// Every product period's current terms.
+    pub async fn load_catalogue(&self) -> Result<Catalogue> {
+        let mut conn = self.pool.acquire().await?;
+        load_catalogue(&mut conn).await
+    }
+
+    pub async fn terms_rows(&self, code: Option<&str>) -> Result<Vec<TermsRow>> {
+        rows::terms_rows(&self.pool, code).await
+    }
+
+    pub async fn get_settlement(&self, hospital: &str, claim: &str) -> Result<Option<StoredSettlement>> {
+        let mut conn = self.pool.acquire().await?;
+        rows::settlement_by_key(&mut conn, hospital, claim).await
+    }
+
+    pub async fn list_settlements(
+        &self,
+        filter: &SettlementFilter,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredSettlement>> {
+        rows::list_settlements(&self.pool, filter, after_seq, limit).await
+    }
+
+    pub async fn settlement_totals(&self, filter: &SettlementFilter) -> Result<SettlementTotals> {
+        rows::settlement_totals(&self.pool, filter).await
+    }
+
+    /// Loss-ratio figures, read from the running totals (one row per product period).
+    pub async fn loss_ratios(
+        &self,
+        code: Option<&str>,
+        start: Option<&str>,
+    ) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
+        rows::loss_ratios(&self.pool, code, start).await
+    }
+
+    pub async fn member(&self, member_id: &MemberId) -> Result<Option<Member>> {
+        let mut conn = self.pool.acquire().await?;
+        load_member(&mut conn, member_id).await
+    }
+
+    /// A member with the accumulators of every period they are enrolled in, read in one
+    /// transaction so the figures agree with each other (preview, member view).
+    pub async fn member_snapshot(&self, member_id: &MemberId) -> Result<Option<(Member, Accumulators)>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let Some(member) = load_member(&mut tx, member_id).await? else {
+            return Ok(None);
+        };
+        let keys: Vec<PeriodKey> = member.enrollments.keys().cloned().collect();
+        let acc = load_accumulators(&mut tx, member_id, &keys).await?;
+        tx.commit().await?;
+        Ok(Some((member, acc)))
+    }
+}
+
+/// The ledger's connection. Every method runs inside the transaction the ledger opened with
+/// [`Writer::begin`]; nothing is visible to others before [`Writer::commit`].
+pub struct Writer {
+    conn: AnyConnection,
+    backend: Backend,
+}
+
+impl Writer {
+    /// Opens the write transaction. SQLite takes the write lock now (`BEGIN IMMEDIATE`), so two
+    /// processes never both read and then both try to write; PostgreSQL locks rows as it reads them.
+    pub async fn begin(&mut self) -> Result<()> {
+        let sql = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        };
+        self.conn.execute(sql).await?;
+        Ok(())
+    }
+
+    pub async fn commit(&mut self) -> Result<()> {
+        self.conn.execute("COMMIT").await?;
+        Ok(())
+    }
+
+    pub async fn rollback(&mut self) -> Result<()> {
+        self.conn.execute("ROLLBACK").await?;
+        Ok(())
+    }
+
+    /// How many terms versions exist: the ledger reloads its catalogue when another process
+    /// changed it.
+    pub async fn terms_count(&mut self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM terms")
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    pub async fn load_catalogue(&mut self) -> Result<Catalogue> {
+        load_catalogue(&mut self.conn).await
+    }
+
+    pub async fn settlement_by_key(&mut self, hospital: &str, claim: &str) -> Result<Option<StoredSettlement>> {
+        rows::settlement_by_key(&mut self.conn, hospital, claim).await
+    }
+
+    /// `(seq, canonical claim JSON)` of the settlement with this key, if any.
+    pub async fn claim_by_key(&mut self, hospital: &str, claim: &str) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT seq, claim_json FROM settlements WHERE hospital_id = $1 AND claim_id = $2")
+            .bind(hospital)
+            .bind(claim)
+            .fetch_optional(&mut self.conn)
+            .await?;
+        match row {
+            Some(row) => Ok(Some((row.try_get("seq")?, row.try_get("claim_json")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The member, locked for this transaction on PostgreSQL so that two processes settle one
+    /// member's claims one at a time.
+    pub async fn lock_member(&mut self, member_id: &MemberId) -> Result<Option<Member>> {
+        if self.backend == Backend::Postgres {
+            let found = sqlx::query("SELECT member_id FROM members WHERE member_id = $1 FOR UPDATE")
+                .bind(member_id.as_str())
+                .fetch_optional(&mut self.conn)
+                .await?;
+            if found.is_none() {
+                return Ok(None);
+            }
+        }
+        load_member(&mut self.conn, member_id).await
+    }
+
+    /// The member's accumulators in `keys`, with the period totals (aggregate caps), locking the
+    /// period totals on PostgreSQL in key order.
+    pub async fn accumulators(&mut self, member_id: &MemberId, keys: &[PeriodKey]) -> Result<Accumulators> {
+        if self.backend == Backend::Postgres {
+            let mut sorted: Vec<&PeriodKey> = keys.iter().collect();
+            sorted.sort();
+            for key in sorted {
+                sqlx::query(
+                    "SELECT paid_fen FROM product_totals WHERE product_code = $1 AND period_start = $2 FOR UPDATE",
+                )
+                .bind(key.product.as_str())
+                .bind(format_date(key.start))
+                .execute(&mut self.conn)
+                .await?;
+            }
+        }
+        load_accumulators(&mut self.conn, member_id, keys).await
+    }
+
+    /// Appends a settlement with its layers; returns its sequence number.
+    pub async fn insert_settlement(&mut self, claim_json: &str, s: &Settlement, settled_at: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
+             total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
+        )
+        .bind(s.hospital_id.as_str())
+        .bind(s.claim_id.as_str())
+        .bind(s.member_id.as_str())
+        .bind(format_date(s.service_date))
+        .bind(s.category.as_str())
+        .bind(claim_json)
+        .bind(fen(s.total_cost, "settlements")?)
+        .bind(fen(s.upstream_total, "settlements")?)
+        .bind(fen(s.payout_total, "settlements")?)
+        .bind(fen(s.out_of_pocket, "settlements")?)
+        .bind(reasons_text(&s.reasons))
+        .bind(settled_at)
+        .fetch_one(&mut self.conn)
+        .await?;
+        let seq: i64 = row.try_get("seq")?;
+        for (i, l) in s.layers.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
+                 terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(seq)
+            .bind(i as i64)
+            .bind(l.product.as_str())
+            .bind(format_date(l.period_start))
+            .bind(format_date(l.period_end))
+            .bind(i64::from(l.terms_version))
+            .bind(l.layer_order)
+            .bind(l.benefit.as_ref().map(|b| b.to_string()))
+            .bind(fen(l.eligible, "settlement_layers")?)
+            .bind(fen(l.deductible_applied, "settlement_layers")?)
+            .bind(fen(l.payout, "settlement_layers")?)
+            .bind(reasons_text(&l.reasons))
+            .execute(&mut self.conn)
+            .await?;
+        }
+        self.add_to_totals(s, 1).await?;
+        self.apply_changes(s, 1).await?;
+        Ok(seq)
+    }
+
+    /// Appends the reversal of settlement `seq` and takes its changes back.
+    pub async fn insert_reversal(&mut self, seq: i64, s: &Settlement, reversed_at: &str) -> Result<()> {
+        sqlx::query("INSERT INTO reversals (settlement_seq, reversed_at) VALUES ($1, $2)")
+            .bind(seq)
+            .bind(reversed_at)
+            .execute(&mut self.conn)
+            .await?;
+        self.add_to_totals(s, -1).await?;
+        self.apply_changes(s, -1).await
+    }
+
+    /// Adds (`sign` 1) or takes back (-1) a settlement's payouts in the loss-ratio totals.
+    async fn add_to_totals(&mut self, s: &Settlement, sign: i64) -> Result<()> {
+        for l in s.layers.iter().filter(|l| !l.payout.is_zero()) {
+            sqlx::query(
+                "UPDATE product_totals SET paid_fen = paid_fen + $1, paid_claims = paid_claims + $2 \
+                 WHERE product_code = $3 AND period_start = $4",
+            )
+            .bind(sign * fen(l.payout, "product_totals")?)
+            .bind(sign)
+            .bind(l.product.as_str())
+            .bind(format_date(l.period_start))
+            .execute(&mut self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_changes(&mut self, s: &Settlement, sign: i64) -> Result<()> {
+        for c in &s.changes.entries {
+            sqlx::query(
+                "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
+                 deductible_used_fen, band_position_fen, paid_fen) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
+                 deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
+                 band_position_fen = accumulators.band_position_fen + excluded.band_position_fen, \
+                 paid_fen = accumulators.paid_fen + excluded.paid_fen",
+            )
+            .bind(s.member_id.as_str())
+            .bind(c.period.product.as_str())
+            .bind(format_date(c.period.start))
+            .bind(c.benefit.as_str())
+            .bind(sign * fen(c.delta.deductible_used, "accumulators")?)
+            .bind(sign * fen(c.delta.band_position, "accumulators")?)
+            .bind(sign * fen(c.delta.paid, "accumulators")?)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a terms version and makes sure the period has its running totals row.
+    pub async fn insert_terms(&mut self, terms: &Terms, toml: &str, version: u32, applied_at: &str) -> Result<()> {
+        let p = &terms.product;
+        sqlx::query(
+            "INSERT INTO terms (product_code, period_start, version, period_end, toml, applied_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(p.code.as_str())
+        .bind(format_date(p.period.start))
+        .bind(i64::from(version))
+        .bind(format_date(p.period.end))
+        .bind(toml)
+        .bind(applied_at)
+        .execute(&mut self.conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO product_totals (product_code, period_start, written_premium_fen, enrolled_members, \
+             paid_fen, paid_claims) VALUES ($1, $2, 0, 0, 0, 0) ON CONFLICT (product_code, period_start) DO NOTHING",
+        )
+        .bind(p.code.as_str())
+        .bind(format_date(p.period.start))
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn ensure_member(&mut self, member_id: &MemberId, now: &str) -> Result<()> {
+        sqlx::query("INSERT INTO members (member_id, created_at) VALUES ($1, $2) ON CONFLICT (member_id) DO NOTHING")
+            .bind(member_id.as_str())
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_category(&mut self, member_id: &MemberId, effective: Date, category: Category) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO member_categories (member_id, effective_date, category) VALUES ($1, $2, $3) \
+             ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
+        )
+        .bind(member_id.as_str())
+        .bind(format_date(effective))
+        .bind(category.as_str())
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Enrolls a member (or changes the premium of an enrollment), keeping the written premium and
+    /// member count of the period's running totals in step.
+    pub async fn enroll(&mut self, member_id: &MemberId, key: &PeriodKey, premium: Money) -> Result<()> {
+        let start = format_date(key.start);
+        let previous = sqlx::query(
+            "SELECT premium_fen FROM enrollments WHERE member_id = $1 AND product_code = $2 AND period_start = $3",
+        )
+        .bind(member_id.as_str())
+        .bind(key.product.as_str())
+        .bind(&start)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        let premium_fen = fen(premium.decimal(), "enrollments")?;
+        let (premium_delta, member_delta) = match previous {
+            Some(row) => (premium_fen - row.try_get::<i64, _>("premium_fen")?, 0),
+            None => (premium_fen, 1),
+        };
+        sqlx::query(
+            "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
+        )
+        .bind(member_id.as_str())
+        .bind(key.product.as_str())
+        .bind(&start)
+        .bind(premium_fen)
+        .execute(&mut self.conn)
+        .await?;
+        sqlx::query(
+            "UPDATE product_totals SET written_premium_fen = written_premium_fen + $1, \
+             enrolled_members = enrolled_members + $2 WHERE product_code = $3 AND period_start = $4",
+        )
+        .bind(premium_delta)
+        .bind(member_delta)
+        .bind(key.product.as_str())
+        .bind(&start)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Loss-ratio figures of some periods, read inside the writer's view (after a commit).
+    pub async fn loss_ratio(&mut self, key: &PeriodKey) -> Result<Option<(LossRatio, i64)>> {
+        rows::loss_ratio_one(&mut self.conn, key).await
+    }
+}
+
+async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
+    // The highest version of each period is the current one.
+    let rows = sqlx::query(
+        "SELECT t.toml AS toml, t.version AS version FROM terms t \
+         JOIN (SELECT product_code, period_start, MAX(version) AS version FROM terms \
+               GROUP BY product_code, period_start) m \
+         ON t.product_code = m.product_code AND t.period_start = m.period_start AND t.version = m.version",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut catalogue = Catalogue::new();
+    for row in rows {
+        let text: String = row.try_get("toml")?;
+        let version: i64 = row.try_get("version")?;
+        let terms = Terms::from_toml(&text).map_err(|e| corrupt("terms", e.to_string()))?;
+        let version = u32::try_from(version).map_err(|e| corrupt("terms", e.to_string()))?;
+        catalogue.insert_version(terms, version);
+    }
+    Ok(catalogue)
+}
+
+async fn load_member(conn: &mut AnyConnection, member_id: &MemberId) -> Result<Option<Member>> {
+    let exists = sqlx::query("SELECT member_id FROM members WHERE member_id = $1")
+        .bind(member_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let mut member = Member::new(member_id.clone());
+    let rows = sqlx::query("SELECT effective_date, category FROM member_categories WHERE member_id = $1")
+        .bind(member_id.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        let date = date_col(&row.try_get::<String, _>("effective_date")?, "member_categories")?;
+        let category =
+            Category::from_str(&row.try_get::<String, _>("category")?).map_err(|e| corrupt("member_categories", e))?;
+        member.categories.set(date, category);
+    }
+    let rows = sqlx::query("SELECT product_code, period_start, premium_fen FROM enrollments WHERE member_id = $1")
+        .bind(member_id.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        let key = period_key(
+            &row.try_get::<String, _>("product_code")?,
+            &row.try_get::<String, _>("period_start")?,
+            "enrollments",
+        )?;
+        let premium = Money::from_fen(row.try_get("premium_fen")?).map_err(|e| corrupt("enrollments", e))?;
+        member.enrollments.insert(key, premium);
+    }
+    Ok(Some(member))
+}
+
+pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result<PeriodKey> {
+    Ok(PeriodKey {
+        product: ProductCode::parse(code).map_err(|e| corrupt(table, e))?,
+        start: date_col(start, table)?,
+    })
+}
+
+/// One member's usage in `keys`, plus each period's aggregate paid, as an in-memory book the engine
+/// reads.
+async fn load_accumulators(conn: &mut AnyConnection, member_id: &MemberId, keys: &[PeriodKey]) -> Result<Accumulators> {
+    let mut acc = Accumulators::new();
+    let rows = sqlx::query(
+        "SELECT product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, paid_fen \
+         FROM accumulators WHERE member_id = $1",
+    )
+    .bind(member_id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let key = period_key(
+            &row.try_get::<String, _>("product_code")?,
+            &row.try_get::<String, _>("period_start")?,
+            "accumulators",
+        )?;
+        if !keys.contains(&key) {
+            continue;
+        }
+        let benefit =
+            BenefitCode::parse(&row.try_get::<String, _>("benefit_code")?).map_err(|e| corrupt("accumulators", e))?;
+        let usage = BenefitUsage {
+            deductible_used: from_fen(row.try_get("deductible_used_fen")?),
+            band_position: from_fen(row.try_get("band_position_fen")?),
+            paid: from_fen(row.try_get("paid_fen")?),
+        };
+        acc.add(member_id, &key, &benefit, &usage);
+    }
+    // Other members' payouts count towards aggregate caps: add them under a placeholder member so
+    // the book's period total equals the stored total.
+    for key in keys {
+        let row = sqlx::query("SELECT paid_fen FROM product_totals WHERE product_code = $1 AND period_start = $2")
+            .bind(key.product.as_str())
+            .bind(format_date(key.start))
+            .fetch_optional(&mut *conn)
+            .await?;
+        let total = match row {
+            Some(row) => from_fen(row.try_get("paid_fen")?),
+            None => Decimal::ZERO,
+        };
+        let own = crate::domain::AccumulatorView::aggregate_paid(&acc, key);
+        let others = total - own;
+        if !others.is_zero() {
+            acc.add_period_paid(key, others);
+        }
+    }
+    Ok(acc)
+}
+
+/// A layer as stored: enough to rebuild the settlement and its accumulator changes.
+pub(crate) fn layer_from_row(row: &sqlx::any::AnyRow) -> Result<LayerResult> {
+    let t = "settlement_layers";
+    let benefit: Option<String> = row.try_get("benefit_code")?;
+    Ok(LayerResult {
+        product: ProductCode::parse(&row.try_get::<String, _>("product_code")?).map_err(|e| corrupt(t, e))?,
+        period_start: date_col(&row.try_get::<String, _>("period_start")?, t)?,
+        period_end: date_col(&row.try_get::<String, _>("period_end")?, t)?,
+        terms_version: u32::try_from(row.try_get::<i64, _>("terms_version")?).map_err(|e| corrupt(t, e.to_string()))?,
+        layer_order: row.try_get("layer_order")?,
+        benefit: benefit
+            .filter(|b| !b.is_empty())
+            .map(|b| BenefitCode::parse(&b).map_err(|e| corrupt(t, e)))
+            .transpose()?,
+        eligible: from_fen(row.try_get("eligible_fen")?),
+        deductible_applied: from_fen(row.try_get("deductible_fen")?),
+        payout: from_fen(row.try_get("payout_fen")?),
+        reasons: parse_reasons(&row.try_get::<String, _>("reasons")?, t)?,
+    })
+}

@@ -1,0 +1,297 @@
+//! Reading settlements, terms and running totals back.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use super::{corrupt, date_col, from_fen, layer_from_row, parse_reasons, period_key, Result};
+use crate::domain::{format_date, Category, ClaimId, HospitalId, LossRatio, MemberId, PeriodKey, Settlement};
+
+/// A settlement as stored, with its sequence number and reversal, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSettlement {
+    pub settlement: Settlement,
+    pub seq: i64,
+    pub settled_at: String,
+    pub reversed_at: Option<String>,
+    /// The canonical claim (JSON of the claim draft) it settled.
+    pub claim_json: String,
+}
+
+/// One stored terms version.
+#[derive(Debug, Clone)]
+pub struct TermsRow {
+    pub product_code: String,
+    pub period_start: String,
+    pub version: u32,
+    pub toml: String,
+    pub applied_at: String,
+}
+
+/// Filters of `ListSettlements` and `ExportSettlements`.
+#[derive(Debug, Clone, Default)]
+pub struct SettlementFilter {
+    pub from_date: Option<String>,
+    pub to_date: Option<String>,
+    pub hospital_id: Option<String>,
+    pub product_code: Option<String>,
+    pub include_reversed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettlementTotals {
+    pub count: u64,
+    pub total_cost: Decimal,
+    pub upstream_total: Decimal,
+    pub payout_total: Decimal,
+    pub out_of_pocket: Decimal,
+    pub product_payout: Decimal,
+}
+
+const SETTLEMENT_COLUMNS: &str = "s.seq AS seq, s.hospital_id AS hospital_id, s.claim_id AS claim_id, \
+     s.member_id AS member_id, s.service_date AS service_date, s.category AS category, s.claim_json AS claim_json, \
+     s.total_cost_fen AS total_cost_fen, s.upstream_fen AS upstream_fen, s.payout_fen AS payout_fen, \
+     s.out_of_pocket_fen AS out_of_pocket_fen, s.reasons AS reasons, s.settled_at AS settled_at, \
+     r.reversed_at AS reversed_at";
+
+const LAYER_COLUMNS: &str = "seq, layer_index, product_code, period_start, period_end, terms_version, layer_order, \
+     benefit_code, eligible_fen, deductible_fen, payout_fen, reasons";
+
+fn settlement_head(row: &AnyRow) -> Result<StoredSettlement> {
+    let t = "settlements";
+    let member_id = MemberId::parse(&row.try_get::<String, _>("member_id")?).map_err(|e| corrupt(t, e))?;
+    Ok(StoredSettlement {
+        settlement: Settlement {
+            claim_id: ClaimId::parse(&row.try_get::<String, _>("claim_id")?).map_err(|e| corrupt(t, e))?,
+            hospital_id: HospitalId::parse(&row.try_get::<String, _>("hospital_id")?).map_err(|e| corrupt(t, e))?,
+            changes: Settlement::changes_of(&member_id, &[]),
+            member_id,
+            service_date: date_col(&row.try_get::<String, _>("service_date")?, t)?,
+            category: Category::from_str(&row.try_get::<String, _>("category")?).map_err(|e| corrupt(t, e))?,
+            total_cost: from_fen(row.try_get("total_cost_fen")?),
+            upstream_total: from_fen(row.try_get("upstream_fen")?),
+            payout_total: from_fen(row.try_get("payout_fen")?),
+            out_of_pocket: from_fen(row.try_get("out_of_pocket_fen")?),
+            layers: Vec::new(),
+            reasons: parse_reasons(&row.try_get::<String, _>("reasons")?, t)?,
+        },
+        seq: row.try_get("seq")?,
+        settled_at: row.try_get("settled_at")?,
+        reversed_at: row.try_get("reversed_at")?,
+        claim_json: row.try_get("claim_json")?,
+    })
+}
+
+/// Attaches layers (rows ordered by seq, layer_index) to their settlements and rebuilds changes.
+fn attach_layers(settlements: &mut [StoredSettlement], layer_rows: &[AnyRow]) -> Result<()> {
+    for row in layer_rows {
+        let seq: i64 = row.try_get("seq")?;
+        let layer = layer_from_row(row)?;
+        if let Some(s) = settlements.iter_mut().find(|s| s.seq == seq) {
+            s.settlement.layers.push(layer);
+        }
+    }
+    for s in settlements.iter_mut() {
+        s.settlement.changes = Settlement::changes_of(&s.settlement.member_id, &s.settlement.layers);
+    }
+    Ok(())
+}
+
+pub(super) async fn settlement_by_key(
+    conn: &mut AnyConnection,
+    hospital: &str,
+    claim: &str,
+) -> Result<Option<StoredSettlement>> {
+    let sql = format!(
+        "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
+         WHERE s.hospital_id = $1 AND s.claim_id = $2"
+    );
+    let Some(row) = sqlx::query(&sql)
+        .bind(hospital)
+        .bind(claim)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut stored = vec![settlement_head(&row)?];
+    let layers = sqlx::query(&format!(
+        "SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq = $1 ORDER BY layer_index"
+    ))
+    .bind(stored[0].seq)
+    .fetch_all(&mut *conn)
+    .await?;
+    attach_layers(&mut stored, &layers)?;
+    Ok(stored.pop())
+}
+
+/// The WHERE clause of a filter with its bound values, in order.
+fn filter_sql(filter: &SettlementFilter, first_param: usize) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    let mut param = first_param;
+    let mut push = |clause: &str, value: &str| {
+        clauses.push(clause.replace('?', &format!("${param}")));
+        values.push(value.to_owned());
+        param += 1;
+    };
+    if let Some(v) = &filter.from_date {
+        push("s.service_date >= ?", v);
+    }
+    if let Some(v) = &filter.to_date {
+        push("s.service_date <= ?", v);
+    }
+    if let Some(v) = &filter.hospital_id {
+        push("s.hospital_id = ?", v);
+    }
+    if let Some(v) = &filter.product_code {
+        push(
+            "EXISTS (SELECT 1 FROM settlement_layers l WHERE l.seq = s.seq AND l.product_code = ?)",
+            v,
+        );
+    }
+    if !filter.include_reversed {
+        clauses.push("r.reversed_at IS NULL".into());
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" AND {}", clauses.join(" AND "))
+    };
+    (sql, values)
+}
+
+pub(super) async fn list_settlements(
+    pool: &AnyPool,
+    filter: &SettlementFilter,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<StoredSettlement>> {
+    let (where_sql, values) = filter_sql(filter, 2);
+    let limit_param = values.len() + 2;
+    let sql = format!(
+        "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
+         WHERE s.seq > $1{where_sql} ORDER BY s.seq LIMIT ${limit_param}"
+    );
+    let mut query = sqlx::query(&sql).bind(after_seq);
+    for v in &values {
+        query = query.bind(v.clone());
+    }
+    let rows = query.bind(limit).fetch_all(pool).await?;
+    let mut stored = rows.iter().map(settlement_head).collect::<Result<Vec<_>>>()?;
+    if let (Some(first), Some(last)) = (stored.first(), stored.last()) {
+        let layers = sqlx::query(&format!(
+            "SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq >= $1 AND seq <= $2 ORDER BY seq, layer_index"
+        ))
+        .bind(first.seq)
+        .bind(last.seq)
+        .fetch_all(pool)
+        .await?;
+        attach_layers(&mut stored, &layers)?;
+    }
+    Ok(stored)
+}
+
+pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter) -> Result<SettlementTotals> {
+    let (where_sql, values) = filter_sql(filter, 1);
+    let sql = format!(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(s.total_cost_fen), 0) AS cost, COALESCE(SUM(s.upstream_fen), 0) AS up, \
+         COALESCE(SUM(s.payout_fen), 0) AS paid, COALESCE(SUM(s.out_of_pocket_fen), 0) AS oop \
+         FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq WHERE 1 = 1{where_sql}"
+    );
+    let mut query = sqlx::query(&sql);
+    for v in &values {
+        query = query.bind(v.clone());
+    }
+    let row = query.fetch_one(pool).await?;
+    let mut totals = SettlementTotals {
+        count: u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or_default(),
+        total_cost: from_fen(row.try_get("cost")?),
+        upstream_total: from_fen(row.try_get("up")?),
+        payout_total: from_fen(row.try_get("paid")?),
+        out_of_pocket: from_fen(row.try_get("oop")?),
+        product_payout: Decimal::ZERO,
+    };
+    if let Some(code) = &filter.product_code {
+        let (where_sql, values) = filter_sql(filter, 2);
+        let sql = format!(
+            "SELECT COALESCE(SUM(l.payout_fen), 0) AS paid FROM settlement_layers l \
+             JOIN settlements s ON s.seq = l.seq LEFT JOIN reversals r ON r.settlement_seq = s.seq \
+             WHERE l.product_code = $1{where_sql}"
+        );
+        let mut query = sqlx::query(&sql).bind(code.clone());
+        for v in &values {
+            query = query.bind(v.clone());
+        }
+        totals.product_payout = from_fen(query.fetch_one(pool).await?.try_get("paid")?);
+    }
+    Ok(totals)
+}
+
+fn loss_ratio_row(row: &AnyRow) -> Result<(PeriodKey, LossRatio, i64)> {
+    let key = period_key(
+        &row.try_get::<String, _>("product_code")?,
+        &row.try_get::<String, _>("period_start")?,
+        "product_totals",
+    )?;
+    let figures = LossRatio {
+        written_premium: from_fen(row.try_get("written_premium_fen")?),
+        paid: from_fen(row.try_get("paid_fen")?),
+        paid_claims: u64::try_from(row.try_get::<i64, _>("paid_claims")?)
+            .map_err(|e| corrupt("product_totals", e.to_string()))?,
+    };
+    Ok((key, figures, row.try_get("enrolled_members")?))
+}
+
+const TOTALS_COLUMNS: &str = "product_code, period_start, written_premium_fen, enrolled_members, paid_fen, paid_claims";
+
+pub(super) async fn loss_ratios(
+    pool: &AnyPool,
+    code: Option<&str>,
+    start: Option<&str>,
+) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
+    let sql = format!(
+        "SELECT {TOTALS_COLUMNS} FROM product_totals WHERE ($1 = '' OR product_code = $1) \
+         AND ($2 = '' OR period_start = $2) ORDER BY product_code, period_start"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(code.unwrap_or_default().to_owned())
+        .bind(start.unwrap_or_default().to_owned())
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(loss_ratio_row).collect()
+}
+
+pub(super) async fn loss_ratio_one(conn: &mut AnyConnection, key: &PeriodKey) -> Result<Option<(LossRatio, i64)>> {
+    let sql = format!("SELECT {TOTALS_COLUMNS} FROM product_totals WHERE product_code = $1 AND period_start = $2");
+    let row = sqlx::query(&sql)
+        .bind(key.product.as_str())
+        .bind(format_date(key.start))
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| loss_ratio_row(&r).map(|(_, lr, n)| (lr, n))).transpose()
+}
+
+pub(super) async fn terms_rows(pool: &AnyPool, code: Option<&str>) -> Result<Vec<TermsRow>> {
+    let rows = sqlx::query(
+        "SELECT product_code, period_start, version, toml, applied_at FROM terms \
+         WHERE ($1 = '' OR product_code = $1) ORDER BY product_code, period_start, version",
+    )
+    .bind(code.unwrap_or_default().to_owned())
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(TermsRow {
+                product_code: row.try_get("product_code")?,
+                period_start: row.try_get("period_start")?,
+                version: u32::try_from(row.try_get::<i64, _>("version")?)
+                    .map_err(|e| corrupt("terms", e.to_string()))?,
+                toml: row.try_get("toml")?,
+                applied_at: row.try_get("applied_at")?,
+            })
+        })
+        .collect()
+}
