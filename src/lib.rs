@@ -23,3 +23,9 @@ pub mod store;
 
 #[cfg(feature = "server")]
 pub mod ledger;
+
+#[cfg(feature = "server")]
+pub mod startup;
+
+#[cfg(feature = "server")]
+pub mod telemetry;

@@ -1,1 +1,106 @@
-fn main() {}
+//! claimsd: the claims settlement server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use claims::ledger::LedgerConfig;
+use claims::startup::{Application, Settings};
+
+/// One-stop settlement of health insurance claims over gRPC.
+///
+/// Every flag can also be set by the environment variable named beside it.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on for gRPC (port 0: any free port).
+    #[arg(long, env = "CLAIMS_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Database: sqlite://PATH (embedded; the file is created and migrated at start) or
+    /// postgres://USER@HOST/DB.
+    #[arg(long, env = "CLAIMS_DATABASE_URL", default_value = "sqlite://claims.db")]
+    database_url: String,
+    /// Directory of terms files (*.toml) to apply at start, e.g. examples/terms. Terms already stored
+    /// unchanged are left as they are; changed terms become a new version.
+    #[arg(long, env = "CLAIMS_TERMS_DIR")]
+    terms_dir: Option<PathBuf>,
+    /// Largest gRPC message accepted, in bytes; larger ones are refused with RESOURCE_EXHAUSTED or
+    /// OUT_OF_RANGE by the transport.
+    #[arg(long, env = "CLAIMS_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Most commands (claims, reversals, roster chunks) committed in one transaction.
+    #[arg(long, env = "CLAIMS_BATCH_MAX", default_value_t = 256)]
+    batch_max: usize,
+    /// Commands that may wait for the writer before senders are slowed down.
+    #[arg(long, env = "CLAIMS_QUEUE_MAX", default_value_t = 4096)]
+    queue_max: usize,
+    /// Database connections in the pool (the writer uses one, reads share the rest).
+    #[arg(long, env = "CLAIMS_DB_CONNECTIONS", default_value_t = 8)]
+    db_connections: u32,
+    /// Seconds a SIGTERM waits for open streams to finish before stopping anyway.
+    #[arg(long, env = "CLAIMS_DRAIN_SECONDS", default_value_t = 10)]
+    drain_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    claims::telemetry::init();
+    let args = Args::parse();
+    let settings = Settings {
+        listen: args.listen,
+        database_url: args.database_url,
+        terms_dir: args.terms_dir,
+        max_message_bytes: args.max_message_bytes,
+        ledger: LedgerConfig {
+            queue_max: args.queue_max,
+            batch_max: args.batch_max,
+        },
+        db_connections_max: args.db_connections,
+        drain_timeout: Duration::from_secs(args.drain_seconds),
+    };
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!("could not start: {e}");
+            eprintln!("claimsd: could not start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("stopped with an error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,214 @@
+//! Building and running the server: what `claimsd` runs and what the tests start on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api::member::MemberApi;
+use crate::api::report::ReportApi;
+use crate::api::settlement::SettlementApi;
+use crate::api::terms::TermsApi;
+use crate::domain::{FieldErrors, Terms};
+use crate::ledger::{Ledger, LedgerConfig, LedgerError};
+use crate::proto::member_service_server::MemberServiceServer;
+use crate::proto::report_service_server::ReportServiceServer;
+use crate::proto::settlement_service_server::SettlementServiceServer;
+use crate::proto::terms_service_server::TermsServiceServer;
+use crate::store::{Store, StoreError};
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to listen; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (embedded, the default) or `postgres://...`.
+    pub database_url: String,
+    /// Terms files (`*.toml`) applied at start; unchanged terms are not versioned again.
+    pub terms_dir: Option<PathBuf>,
+    /// The largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    pub ledger: LedgerConfig,
+    pub db_connections_max: u32,
+    /// How long a SIGTERM waits for in-flight streams before stopping anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: "sqlite://claims.db".into(),
+            terms_dir: None,
+            max_message_bytes: 1024 * 1024,
+            ledger: LedgerConfig::default(),
+            db_connections_max: 8,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:\n{errors}")]
+    Terms { path: String, errors: FieldErrors },
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A built server, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    ledger: Ledger,
+    writer: JoinHandle<()>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Connects and migrates the database, starts the ledger, applies the terms directory and binds
+    /// the listener.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let store = Store::connect(&settings.database_url, settings.db_connections_max).await?;
+        let (ledger, writer) = Ledger::start(store, settings.ledger).await?;
+        if let Some(dir) = &settings.terms_dir {
+            apply_terms_dir(&ledger, dir).await?;
+        }
+        let listener = TcpListener::bind(settings.listen).await.map_err(|source| StartupError::Io {
+            path: settings.listen.to_string(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Io {
+                path: settings.listen.to_string(),
+                source,
+            })?
+            .port();
+        Ok(Application {
+            listener,
+            port,
+            ledger,
+            writer,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, new streams are
+    /// refused, in-flight requests finish (bounded by the drain timeout) and the ledger commits
+    /// and answers everything it had queued.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+        let Application {
+            listener,
+            port,
+            ledger,
+            writer,
+            settings,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SettlementServiceServer<SettlementApi>>().await;
+        health.set_serving::<TermsServiceServer<TermsApi>>().await;
+        health.set_serving::<MemberServiceServer<MemberApi>>().await;
+        health.set_serving::<ReportServiceServer<ReportApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let max = settings.max_message_bytes;
+        let store = ledger.store().clone();
+
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let drain_health = health.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining");
+            drain_health.set_not_serving::<SettlementServiceServer<SettlementApi>>().await;
+            drain_health.set_not_serving::<TermsServiceServer<TermsApi>>().await;
+            drain_health.set_not_serving::<MemberServiceServer<MemberApi>>().await;
+            drain_health.set_not_serving::<ReportServiceServer<ReportApi>>().await;
+            let _ = draining_tx.send(());
+        };
+        let serve = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                SettlementServiceServer::new(SettlementApi::new(ledger.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max * 4),
+            )
+            .add_service(TermsServiceServer::new(TermsApi::new(ledger.clone())).max_decoding_message_size(max))
+            .add_service(MemberServiceServer::new(MemberApi::new(ledger.clone())).max_decoding_message_size(max))
+            .add_service(ReportServiceServer::new(ReportApi::new(ledger.clone())).max_decoding_message_size(max))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        drop(ledger);
+        tracing::info!(port, "serving");
+        tokio::pin!(serve);
+        let drain_timeout = settings.drain_timeout;
+        tokio::select! {
+            result = &mut serve => result?,
+            _ = async move {
+                if draining_rx.await.is_ok() {
+                    tokio::time::sleep(drain_timeout).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::warn!("drain timeout: stopping with streams still open"),
+        }
+        // Every handle the services held is gone with `serve`; the writer answers what is queued.
+        if tokio::time::timeout(drain_timeout, writer).await.is_err() {
+            tracing::warn!("the ledger writer did not stop in time");
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Applies every `*.toml` of `dir`, in name order. A bad file stops the start with its problems.
+pub async fn apply_terms_dir(ledger: &Ledger, dir: &Path) -> Result<(), StartupError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StartupError::Io { path, source }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let terms = Terms::from_toml(&text).map_err(|errors| StartupError::Terms {
+            path: path.display().to_string(),
+            errors,
+        })?;
+        match ledger.apply_terms(terms, text).await {
+            Ok(outcome) => tracing::info!(file = %path.display(), version = outcome.version(), "terms loaded"),
+            Err(LedgerError::Invalid(errors)) => {
+                return Err(StartupError::Terms {
+                    path: path.display().to_string(),
+                    errors,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
