@@ -6,9 +6,8 @@
 //! only after the commit returned: several claims share one durable commit, and no reply is sent for
 //! anything that could still be lost. Because the channel is FIFO and one task drains it, claims sent
 //! in order by one stream settle in that order, and any number of streams give the result of the
-//! one-at-a-time order in which the writer took them. Across processes (PostgreSQL), the writer
-//! locks the member and the product periods' totals before reading them, and SQLite's
-//! `BEGIN IMMEDIATE` serialises writers on the file.
+//! one-at-a-time order in which the writer took them. Across processes, each writer's transaction
+//! first takes the database's write lock (`Writer::begin`), so writers take turns there too.
 //!
 //! The writer reads accumulators from the database inside its transaction rather than from a cache,
 //! so several processes can share one database and a restart needs no warm-up.
@@ -383,7 +382,7 @@ impl WriterTask {
                         enroll(&mut self.writer, catalogue, rows, touched).await?,
                     ))
                 }
-                Request::SetCategory(member, effective, category) => match self.writer.lock_member(&member).await? {
+                Request::SetCategory(member, effective, category) => match self.writer.member(&member).await? {
                     None => Err(LedgerError::MemberNotFound),
                     Some(_) => {
                         self.writer.set_category(&member, effective, category).await?;
@@ -428,7 +427,7 @@ async fn settle_claim(
                 )),
             });
         }
-        let Some(member) = w.lock_member(&claim.member_id).await? else {
+        let Some(member) = w.member(&claim.member_id).await? else {
             return Ok(Err(LedgerError::MemberNotFound));
         };
         let keys: Vec<PeriodKey> = layers_for(catalogue, &member, claim.service_date)
@@ -477,10 +476,6 @@ async fn reverse(
                 claim_id: claim.to_string(),
             }));
         }
-        // Take the same locks as a settlement of this member would, in the same order.
-        let keys: Vec<PeriodKey> = stored.settlement.layers.iter().map(|l| l.key()).collect();
-        w.lock_member(&stored.settlement.member_id).await?;
-        w.accumulators(&stored.settlement.member_id, &keys).await?;
         let reversed_at = now_text();
         w.insert_reversal(stored.seq, &stored.settlement, &reversed_at).await?;
         touched.extend(

@@ -1,0 +1,349 @@
+//! The service on PostgreSQL: the same semantics as on SQLite, several server processes (here: two
+//! servers in one test process) on one database, and a restart. The database server comes from
+//! `CLAIMS_TEST_POSTGRES_URL` (set by `scripts/test`, which starts one if none runs); without a
+//! server these tests fail, they never skip.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use claims::api::convert::draft_from_request;
+use claims::domain::{settle, Accumulators, Catalogue, Category, Claim, Member, MemberId, Terms};
+use claims::proto::{settlement_reply, ClaimRequest, ListSettlementsRequest, LossRatioRequest, ReverseRequest};
+use common::*;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+fn admin_url() -> String {
+    std::env::var("CLAIMS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A new, empty database on the test server; its URL.
+async fn fresh_database() -> String {
+    let admin = admin_url();
+    let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {admin} does not answer ({e}); run the tests with scripts/test, which starts one")
+    });
+    let name = format!(
+        "claims_test_{}_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000
+    );
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+    format!("{base}/{name}")
+}
+
+async fn spawn_pg_app(url: &str) -> TestApp {
+    let url = url.to_owned();
+    spawn_app_with(move |s| s.database_url = url).await
+}
+
+async fn settle_stream(app: &TestApp, claims: Vec<ClaimRequest>) -> Vec<claims::proto::SettlementReply> {
+    let mut client = app.settlements().await;
+    let replies = client
+        .settle(tokio_stream::iter(claims))
+        .await
+        .expect("stream")
+        .into_inner();
+    replies.map(|r| r.expect("reply")).collect().await
+}
+
+fn settled(reply: &claims::proto::SettlementReply) -> &claims::proto::Settlement {
+    match &reply.result {
+        Some(settlement_reply::Result::Settlement(s)) => s.settlement.as_ref().expect("settlement"),
+        other => panic!("claim {} not settled: {other:?}", reply.claim_id),
+    }
+}
+
+#[tokio::test]
+async fn worked_example_a_idempotency_and_reversal_on_postgres() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    enroll_cixi(&app, "M1", "DIBAO").await;
+    let c1 = claim(
+        "H1",
+        "H1-0001",
+        "M1",
+        "2022-03-10",
+        "INPATIENT",
+        "",
+        &[
+            ("IN_SCOPE", "80000.00"),
+            ("B_SELF_PAY", "6000.00"),
+            ("OUT_OF_CATALOGUE", "30000.00"),
+            ("NON_COMPLIANT", "500.00"),
+        ],
+        &[("BASIC", "48000.00"), ("CRITICAL_ILLNESS", "12000.00")],
+    );
+    let c2 = claim(
+        "H1",
+        "H1-0002",
+        "M1",
+        "2022-04-02",
+        "OUTPATIENT/CHRONIC",
+        "",
+        &[("IN_SCOPE", "30000.00")],
+        &[("BASIC", "15000.00")],
+    );
+    let c3 = claim(
+        "H1",
+        "H1-0003",
+        "M1",
+        "2022-05-20",
+        "OUTPATIENT",
+        "",
+        &[("IN_SCOPE", "20000.00"), ("OUT_OF_CATALOGUE", "1234.56")],
+        &[("BASIC", "8000.00")],
+    );
+    let replies = settle_stream(&app, vec![c1.clone(), c2, c3.clone()]).await;
+    let ids: Vec<&str> = replies.iter().map(|r| r.claim_id.as_str()).collect();
+    assert_eq!(ids, ["H1-0001", "H1-0002", "H1-0003"]);
+    let payouts = |s: &claims::proto::Settlement| s.layers.iter().map(|l| l.payout.clone()).collect::<Vec<_>>();
+    assert_eq!(payouts(settled(&replies[0])), ["16000.00", "0.00", "9000.00", "0.00"]);
+    assert_eq!(settled(&replies[0]).out_of_pocket, "31500.00");
+    assert_eq!(settled(&replies[1]).layers[0].payout, "12000.00");
+    assert_eq!(settled(&replies[2]).layers[0].payout, "8000.00");
+    assert_eq!(settled(&replies[2]).out_of_pocket, "4617.28");
+
+    let mut client = app.settlements().await;
+    let replay = client.settle_one(c1.clone()).await.expect("replay").into_inner();
+    assert!(replay.replay);
+    let mut changed = c1.clone();
+    changed.lines[0].amount = "80000.01".into();
+    let conflict = client.settle_one(changed).await.expect_err("conflict");
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+
+    client
+        .reverse(ReverseRequest {
+            hospital_id: "H1".into(),
+            claim_id: "H1-0002".into(),
+        })
+        .await
+        .expect("reverse");
+    let again = client
+        .reverse(ReverseRequest {
+            hospital_id: "H1".into(),
+            claim_id: "H1-0002".into(),
+        })
+        .await
+        .expect_err("second reversal");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let mut c4 = c3;
+    c4.claim_id = "H1-0004".into();
+    let s4 = client.settle_one(c4).await.expect("H1-0004").into_inner();
+    let s4 = s4.settlement.and_then(|s| s.settlement).expect("settlement");
+    assert_eq!(s4.layers[0].payout, "9600.00");
+    assert_eq!(s4.layers[2].payout, "617.28");
+    assert_eq!(s4.out_of_pocket, "3017.28");
+    app.stop().await;
+
+    // A restart on the same database finds everything.
+    let app = spawn_pg_app(&url).await;
+    let mut reports = app.reports().await;
+    let ratios = reports
+        .get_loss_ratio(LossRatioRequest {
+            product_code: "cixi-medical-assistance".into(),
+            period_start: String::new(),
+        })
+        .await
+        .expect("loss ratio")
+        .into_inner()
+        .ratios;
+    assert_eq!(ratios.len(), 1);
+    // 16,000 + 8,000 + 9,600 (H1-0002 reversed).
+    assert_eq!(ratios[0].paid, "33600.00");
+    assert_eq!(ratios[0].paid_claims, 3);
+    app.stop().await;
+}
+
+const TIGHT_TERMS: &str = r#"
+[product]
+code = "pg-tight"
+kind = "ANTI_POVERTY"
+layer_order = 10
+period_start = "2024-01-01"
+period_end = "2024-12-31"
+premium_per_member = "100.00"
+eligible_categories = ["AT_RISK"]
+annual_cap = "9000.00"
+aggregate_cap = "120000.00"
+
+[[benefit]]
+code = "illness"
+visit_kinds = ["INPATIENT", "OUTPATIENT"]
+covers = ["IN_SCOPE", "OUT_OF_CATALOGUE"]
+deductible = "500.00"
+bands = [{ from = "0", ratio = "0.5" }, { from = "4000", ratio = "0.8" }]
+per_claim_cap = "3000.00"
+annual_cap = "7000.00"
+"#;
+
+#[tokio::test]
+async fn two_servers_on_one_database_give_a_one_at_a_time_result() {
+    let url = fresh_database().await;
+    let a = spawn_pg_app(&url).await;
+    let b = spawn_pg_app(&url).await;
+    let mut terms = a.terms().await;
+    terms
+        .apply_terms(claims::proto::TermsText {
+            toml: TIGHT_TERMS.into(),
+        })
+        .await
+        .expect("terms");
+    let members: Vec<String> = (0..20).map(|i| format!("T{i:02}")).collect();
+    let summary = enroll(
+        &a,
+        members
+            .iter()
+            .map(|m| row(m, "AT_RISK", "2024-01-01", "pg-tight", "2024-01-01"))
+            .collect(),
+    )
+    .await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+
+    // 8 streams, alternately on the two servers, 30 claims each over the same 20 members.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut requests: HashMap<String, ClaimRequest> = HashMap::new();
+    let mut streams = Vec::new();
+    for s in 0..8 {
+        let batch: Vec<ClaimRequest> = (0..30)
+            .map(|i| {
+                let member = &members[(next() % 20) as usize];
+                let amount = 500 + next() % 6_000;
+                claim(
+                    "HP",
+                    &format!("P{s}-{i}"),
+                    member,
+                    "2024-05-01",
+                    "INPATIENT",
+                    "",
+                    &[
+                        ("IN_SCOPE", &format!("{amount}.00")),
+                        ("OUT_OF_CATALOGUE", &format!("{}.50", amount / 3)),
+                    ],
+                    &[],
+                )
+            })
+            .collect();
+        for r in &batch {
+            requests.insert(r.claim_id.clone(), r.clone());
+        }
+        streams.push(batch);
+    }
+    let (a_url, b_url) = (a.url(), b.url());
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(s, batch)| {
+            let url = if s % 2 == 0 { a_url.clone() } else { b_url.clone() };
+            tokio::spawn(async move {
+                let mut client = claims::proto::settlement_service_client::SettlementServiceClient::connect(url)
+                    .await
+                    .expect("connect");
+                let replies = client
+                    .settle(tokio_stream::iter(batch.clone()))
+                    .await
+                    .expect("stream")
+                    .into_inner();
+                let replies: Vec<_> = replies.map(|r| r.expect("reply")).collect().await;
+                let sent: Vec<String> = batch.iter().map(|r| r.claim_id.clone()).collect();
+                let got: Vec<String> = replies.iter().map(|r| r.claim_id.clone()).collect();
+                assert_eq!(sent, got, "replies in stream order");
+                replies
+            })
+        })
+        .collect();
+    let mut stored_by_id = HashMap::new();
+    for t in tasks {
+        for reply in t.await.expect("stream task") {
+            stored_by_id.insert(reply.claim_id.clone(), settled(&reply).clone());
+        }
+    }
+    assert_eq!(stored_by_id.len(), 240);
+
+    // Replay in commit order through the engine: every settlement must be what a one-at-a-time
+    // order gives, and no cap may be exceeded.
+    let mut catalogue = Catalogue::new();
+    catalogue
+        .apply(Terms::from_toml(TIGHT_TERMS).expect("terms"))
+        .expect("catalogue");
+    let key = catalogue.iter().next().expect("period").terms.key();
+    let mut book = Accumulators::new();
+    let mut export = a
+        .reports()
+        .await
+        .export_settlements(ListSettlementsRequest {
+            hospital_id: "HP".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut replayed = 0;
+    let mut total_paid = rust_decimal::Decimal::ZERO;
+    let mut last_seq = 0;
+    while let Some(stored) = export.next().await {
+        let stored = stored.expect("row");
+        assert!(stored.sequence > last_seq, "export is in commit order");
+        last_seq = stored.sequence;
+        let s = stored.settlement.expect("settlement");
+        let request = &requests[&s.claim_id];
+        let claim = Claim::parse(&draft_from_request(request)).expect("claim");
+        let mut member = Member::new(MemberId::parse(&request.member_id).expect("member"));
+        member.categories.set(
+            claims::domain::parse_date("2024-01-01").expect("date"),
+            Category::AtRisk,
+        );
+        member.enrollments.insert(key.clone(), claims::domain::Money::ZERO);
+        let expected = settle(&catalogue, &member, &claim, &book);
+        book.apply(&expected.changes);
+        let expected = claims::api::convert::settlement_to_proto(&expected);
+        assert_eq!(s.layers, expected.layers, "claim {}", s.claim_id);
+        assert_eq!(s.out_of_pocket, expected.out_of_pocket);
+        assert_eq!(stored_by_id[&s.claim_id].layers, s.layers, "reply and store agree");
+        for l in &s.layers {
+            let payout: rust_decimal::Decimal = l.payout.parse().expect("decimal");
+            assert!(payout <= rust_decimal::Decimal::from(3000));
+            total_paid += payout;
+        }
+        replayed += 1;
+    }
+    assert_eq!(replayed, 240);
+    assert!(
+        total_paid <= rust_decimal::Decimal::from(120_000),
+        "aggregate cap: {total_paid}"
+    );
+    for m in &members {
+        let paid = claims::domain::AccumulatorView::member_paid(&book, &MemberId::parse(m).expect("id"), &key);
+        assert!(paid <= rust_decimal::Decimal::from(7000), "{m} paid {paid}");
+    }
+    let ratio = a
+        .reports()
+        .await
+        .get_loss_ratio(LossRatioRequest {
+            product_code: "pg-tight".into(),
+            period_start: String::new(),
+        })
+        .await
+        .expect("loss ratio")
+        .into_inner()
+        .ratios;
+    assert_eq!(ratio[0].paid, claims::domain::format_money(total_paid));
+    a.stop().await;
+    b.stop().await;
+}
