@@ -39,9 +39,15 @@ pub fn stored_to_proto(s: &StoredSettlement) -> proto::StoredSettlement {
     }
 }
 
-/// Parses a claim request into a valid claim, or the fields that are wrong.
+/// Parses a claim request into a valid claim, or the fields that are wrong. A service date after
+/// tomorrow (UTC; the hospitals are at UTC+8) is refused: nobody is discharged in the future.
 pub fn parse_claim(request: &proto::ClaimRequest) -> Result<Claim, FieldErrors> {
-    Claim::parse(&draft_from_request(request))
+    let claim = Claim::parse(&draft_from_request(request))?;
+    let tomorrow = time::OffsetDateTime::now_utc().date().next_day();
+    if tomorrow.is_some_and(|t| claim.service_date > t) {
+        return Err(FieldErrors::single("service_date", "is in the future"));
+    }
+    Ok(claim)
 }
 
 fn key(hospital_id: &str, claim_id: &str) -> Result<(HospitalId, ClaimId), Status> {
@@ -56,7 +62,8 @@ fn key(hospital_id: &str, claim_id: &str) -> Result<(HospitalId, ClaimId), Statu
 
 /// One stream entry waiting for its reply, in request order.
 enum InFlight {
-    Ready(proto::SettlementReply),
+    /// Boxed: a reply is far larger than a queued entry, and most entries are queued.
+    Ready(Box<proto::SettlementReply>),
     Queued(String, Pending),
 }
 
@@ -64,7 +71,9 @@ fn reply_of(claim_id: String, answer: Result<Settled, Status>) -> proto::Settlem
     match answer {
         Ok(settled) => proto::SettlementReply {
             claim_id,
-            result: Some(proto::settlement_reply::Result::Settlement(stored_to_proto(&settled.stored))),
+            result: Some(proto::settlement_reply::Result::Settlement(stored_to_proto(
+                &settled.stored,
+            ))),
             replay: settled.replay,
         },
         Err(status) => proto::SettlementReply {
@@ -110,14 +119,14 @@ impl SettlementService for SettlementApi {
                     }
                 };
                 let entry = match parse_claim(&request) {
-                    Err(errors) => InFlight::Ready(proto::SettlementReply {
+                    Err(errors) => InFlight::Ready(Box::new(proto::SettlementReply {
                         claim_id: request.claim_id.clone(),
                         result: Some(proto::settlement_reply::Result::Error(detail_of_fields(&errors))),
                         replay: false,
-                    }),
+                    })),
                     Ok(claim) => match ledger.enqueue_settle(claim).await {
                         Ok(pending) => InFlight::Queued(request.claim_id.clone(), pending),
-                        Err(e) => InFlight::Ready(reply_of(request.claim_id.clone(), Err(status(&e)))),
+                        Err(e) => InFlight::Ready(Box::new(reply_of(request.claim_id.clone(), Err(status(&e))))),
                     },
                 };
                 if in_flight_tx.send(entry).await.is_err() {
@@ -130,7 +139,7 @@ impl SettlementService for SettlementApi {
         tokio::spawn(async move {
             while let Some(entry) = in_flight_rx.recv().await {
                 let reply = match entry {
-                    InFlight::Ready(reply) => reply,
+                    InFlight::Ready(reply) => *reply,
                     InFlight::Queued(claim_id, pending) => reply_of(claim_id, settled(pending).await),
                 };
                 if out_tx.send(Ok(reply)).await.is_err() {
@@ -143,7 +152,10 @@ impl SettlementService for SettlementApi {
     }
 
     #[tracing::instrument(skip_all, fields(hospital_id = %request.get_ref().hospital_id, claim_id = %request.get_ref().claim_id))]
-    async fn settle_one(&self, request: Request<proto::ClaimRequest>) -> Result<Response<proto::SettleResponse>, Status> {
+    async fn settle_one(
+        &self,
+        request: Request<proto::ClaimRequest>,
+    ) -> Result<Response<proto::SettleResponse>, Status> {
         let claim = parse_claim(request.get_ref()).map_err(|e| invalid(&e))?;
         let settled = self.ledger.settle(claim).await.map_err(|e| status(&e))?;
         Ok(Response::new(proto::SettleResponse {
@@ -162,7 +174,10 @@ impl SettlementService for SettlementApi {
     }
 
     #[tracing::instrument(skip_all, fields(hospital_id = %request.get_ref().hospital_id, claim_id = %request.get_ref().claim_id))]
-    async fn reverse(&self, request: Request<proto::ReverseRequest>) -> Result<Response<proto::ReverseResponse>, Status> {
+    async fn reverse(
+        &self,
+        request: Request<proto::ReverseRequest>,
+    ) -> Result<Response<proto::ReverseResponse>, Status> {
         let r = request.into_inner();
         let (hospital, claim) = key(&r.hospital_id, &r.claim_id)?;
         let stored = self.ledger.reverse(hospital, claim).await.map_err(|e| status(&e))?;

@@ -2,6 +2,9 @@
 //! servers in one test process) on one database, and a restart. The database server comes from
 //! `CLAIMS_TEST_POSTGRES_URL` (set by `scripts/test`, which starts one if none runs); without a
 //! server these tests fail, they never skip.
+// A panic is a failed test; harness helpers outside `#[test]` functions may panic too, and the shared
+// harness has an eight-argument `claim(...)`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::too_many_arguments)]
 
 #[path = "../common/mod.rs"]
 mod common;
