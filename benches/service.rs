@@ -165,7 +165,9 @@ async fn main() -> Result<(), BoxError> {
             let feeder_permits = in_flight.clone();
             let feeder = tokio::spawn(async move {
                 for i in 0..per_stream {
-                    let Ok(permit) = feeder_permits.acquire().await else { break };
+                    let Ok(permit) = feeder_permits.acquire().await else {
+                        break;
+                    };
                     permit.forget();
                     let _ = sent_tx.send(Instant::now());
                     if tx.send(claim(s, i, members)).await.is_err() {
