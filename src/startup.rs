@@ -87,10 +87,12 @@ impl Application {
         if let Some(dir) = &settings.terms_dir {
             apply_terms_dir(&ledger, dir).await?;
         }
-        let listener = TcpListener::bind(settings.listen).await.map_err(|source| StartupError::Io {
-            path: settings.listen.to_string(),
-            source,
-        })?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Io {
+                path: settings.listen.to_string(),
+                source,
+            })?;
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Io {
@@ -114,7 +116,10 @@ impl Application {
     /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, new streams are
     /// refused, in-flight requests finish (bounded by the drain timeout) and the ledger commits
     /// and answers everything it had queued.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
         let Application {
             listener,
             port,
@@ -139,7 +144,9 @@ impl Application {
         let signal = async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining");
-            drain_health.set_not_serving::<SettlementServiceServer<SettlementApi>>().await;
+            drain_health
+                .set_not_serving::<SettlementServiceServer<SettlementApi>>()
+                .await;
             drain_health.set_not_serving::<TermsServiceServer<TermsApi>>().await;
             drain_health.set_not_serving::<MemberServiceServer<MemberApi>>().await;
             drain_health.set_not_serving::<ReportServiceServer<ReportApi>>().await;

@@ -30,7 +30,10 @@ pub fn status(e: &LedgerError) -> Status {
         LedgerError::MemberNotFound => with_fields(
             Code::NotFound,
             "member not found",
-            &FieldErrors::single("member_id", "no member with this id is enrolled; import the roster first"),
+            &FieldErrors::single(
+                "member_id",
+                "no member with this id is enrolled; import the roster first",
+            ),
         ),
         LedgerError::Conflict { .. } => Status::already_exists(e.to_string()),
         LedgerError::NotFound(_) => Status::not_found(e.to_string()),

@@ -17,6 +17,9 @@ use crate::proto::{self, member_service_server::MemberService};
 
 /// Roster rows sent to the ledger together: one transaction each.
 const ENROLL_CHUNK_ROWS: usize = 1000;
+/// The most rows one Enroll stream may carry (held in memory until the stream ends: ~200 bytes a
+/// row).
+const ENROLL_ROWS_MAX: u64 = 5_000_000;
 
 pub struct MemberApi {
     ledger: Ledger,
@@ -117,38 +120,42 @@ impl MemberService for MemberApi {
     ) -> Result<Response<proto::EnrollSummary>, Status> {
         let mut incoming = request.into_inner();
         let mut summary = proto::EnrollSummary::default();
-        let mut chunk: Vec<(u64, EnrollRow)> = Vec::with_capacity(ENROLL_CHUNK_ROWS);
+        // The whole roster is read before anything is written, so a stream that breaks (a refused
+        // message, a cancelled import) writes nothing. Then it is stored in chunks, each one
+        // transaction, so that claims settle between chunks of a large roster.
+        let mut parsed_rows: Vec<(u64, EnrollRow)> = Vec::new();
         let mut row_number = 0u64;
-        loop {
-            let next = incoming.next().await;
-            let end = next.is_none();
-            if let Some(next) = next {
-                let row = next?;
-                row_number += 1;
-                match parse_row(&row) {
-                    Ok(parsed) => chunk.push((row_number, parsed)),
-                    Err(errors) => summary.errors.push(row_error(row_number, &errors)),
-                }
+        while let Some(next) = incoming.next().await {
+            let row = next?;
+            row_number += 1;
+            if row_number > ENROLL_ROWS_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "a roster stream holds at most {ENROLL_ROWS_MAX} rows; split the file"
+                )));
             }
-            if chunk.len() >= ENROLL_CHUNK_ROWS || (end && !chunk.is_empty()) {
-                let rows: Vec<(u64, EnrollRow)> = std::mem::take(&mut chunk);
-                let (numbers, parsed): (Vec<u64>, Vec<EnrollRow>) = rows.into_iter().unzip();
-                let counts: Vec<(bool, bool)> =
-                    parsed.iter().map(|r| (r.enrollment.is_some(), r.category.is_some())).collect();
-                let results = self.ledger.enroll(parsed).await.map_err(|e| status(&e))?;
-                for ((number, result), (enrolls, categorises)) in numbers.into_iter().zip(results).zip(counts) {
-                    match result {
-                        Ok(()) => {
-                            summary.rows_accepted += 1;
-                            summary.enrollments += u64::from(enrolls);
-                            summary.category_changes += u64::from(categorises);
-                        }
-                        Err(errors) => summary.errors.push(row_error(number, &errors)),
+            match parse_row(&row) {
+                Ok(parsed) => parsed_rows.push((row_number, parsed)),
+                Err(errors) => summary.errors.push(row_error(row_number, &errors)),
+            }
+        }
+        let mut rows = parsed_rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<(u64, EnrollRow)> = rows.by_ref().take(ENROLL_CHUNK_ROWS).collect();
+            let (numbers, parsed): (Vec<u64>, Vec<EnrollRow>) = chunk.into_iter().unzip();
+            let counts: Vec<(bool, bool)> = parsed
+                .iter()
+                .map(|r| (r.enrollment.is_some(), r.category.is_some()))
+                .collect();
+            let results = self.ledger.enroll(parsed).await.map_err(|e| status(&e))?;
+            for ((number, result), (enrolls, categorises)) in numbers.into_iter().zip(results).zip(counts) {
+                match result {
+                    Ok(()) => {
+                        summary.rows_accepted += 1;
+                        summary.enrollments += u64::from(enrolls);
+                        summary.category_changes += u64::from(categorises);
                     }
+                    Err(errors) => summary.errors.push(row_error(number, &errors)),
                 }
-            }
-            if end {
-                break;
             }
         }
         summary.rows = row_number;

@@ -185,7 +185,11 @@ impl ReportService for ReportApi {
                 .parse()
                 .map_err(|_| invalid(&FieldErrors::single("page_token", "is not a token this service gave")))?
         };
-        let page_size = if r.page_size == 0 { PAGE_SIZE_DEFAULT } else { r.page_size };
+        let page_size = if r.page_size == 0 {
+            PAGE_SIZE_DEFAULT
+        } else {
+            r.page_size
+        };
         let store = self.ledger.store();
         // One row more than asked tells whether another page follows.
         let mut rows = store

@@ -62,6 +62,9 @@ fn key(hospital_id: &str, claim_id: &str) -> Result<(HospitalId, ClaimId), Statu
 
 /// One stream entry waiting for its reply, in request order.
 enum InFlight {
+    /// The request stream failed (a message the transport refused): sent after every earlier reply,
+    /// and it ends the stream.
+    Failed(Status),
     /// Boxed: a reply is far larger than a queued entry, and most entries are queued.
     Ready(Box<proto::SettlementReply>),
     Queued(String, Pending),
@@ -107,14 +110,14 @@ impl SettlementService for SettlementApi {
 
         // Reader: validates each claim and queues it at the ledger in stream order, without waiting
         // for earlier replies, so one stream keeps the writer's batches full.
-        let reader_out = out_tx.clone();
         tokio::spawn(async move {
             while let Some(next) = incoming.next().await {
                 let request = match next {
                     Ok(r) => r,
                     Err(status) => {
-                        // A message the transport refused (too large, malformed) ends the stream.
-                        let _ = reader_out.send(Err(status)).await;
+                        // A message the transport refused (too large, malformed) ends the stream,
+                        // after the replies of the claims before it.
+                        let _ = in_flight_tx.send(InFlight::Failed(status)).await;
                         break;
                     }
                 };
@@ -139,6 +142,10 @@ impl SettlementService for SettlementApi {
         tokio::spawn(async move {
             while let Some(entry) = in_flight_rx.recv().await {
                 let reply = match entry {
+                    InFlight::Failed(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
+                    }
                     InFlight::Ready(reply) => *reply,
                     InFlight::Queued(claim_id, pending) => reply_of(claim_id, settled(pending).await),
                 };

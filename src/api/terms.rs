@@ -50,7 +50,10 @@ fn product_of_row(row: &TermsRow) -> Result<proto::Product, Status> {
 #[tonic::async_trait]
 impl TermsService for TermsApi {
     #[tracing::instrument(skip_all)]
-    async fn apply_terms(&self, request: Request<proto::TermsText>) -> Result<Response<proto::ApplyTermsResponse>, Status> {
+    async fn apply_terms(
+        &self,
+        request: Request<proto::TermsText>,
+    ) -> Result<Response<proto::ApplyTermsResponse>, Status> {
         let toml = request.into_inner().toml;
         let terms = Terms::from_toml(&toml).map_err(|e| invalid(&e))?;
         let (code, start, end) = (
@@ -95,13 +98,20 @@ impl TermsService for TermsApi {
         &self,
         _request: Request<proto::ListProductsRequest>,
     ) -> Result<Response<proto::ListProductsResponse>, Status> {
-        let rows = self.ledger.store().terms_rows(None).await.map_err(|e| status(&e.into()))?;
+        let rows = self
+            .ledger
+            .store()
+            .terms_rows(None)
+            .await
+            .map_err(|e| status(&e.into()))?;
         // The current (highest) version of each period, in code and period order.
         let mut products: Vec<proto::Product> = Vec::new();
         for row in &rows {
             let product = product_of_row(row)?;
             match products.last_mut() {
-                Some(last) if last.product_code == product.product_code && last.period_start == product.period_start => {
+                Some(last)
+                    if last.product_code == product.product_code && last.period_start == product.period_start =>
+                {
                     *last = product
                 }
                 _ => products.push(product),
@@ -110,7 +120,10 @@ impl TermsService for TermsApi {
         Ok(Response::new(proto::ListProductsResponse { products }))
     }
 
-    async fn get_product(&self, request: Request<proto::GetProductRequest>) -> Result<Response<proto::Product>, Status> {
+    async fn get_product(
+        &self,
+        request: Request<proto::GetProductRequest>,
+    ) -> Result<Response<proto::Product>, Status> {
         let r = request.into_inner();
         if !r.period_start.is_empty() {
             parse_date(&r.period_start).map_err(|e| invalid(&FieldErrors::single("period_start", e)))?;

@@ -671,6 +671,8 @@ impl Reader<'_> {
             return None;
         }
         let mut bands: Vec<Band> = Vec::with_capacity(items.len());
+        // The previous band's start, kept even when its ratio is bad, so every problem is listed.
+        let mut previous_from: Option<Money> = None;
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             let path = format!("{field}[{i}]");
@@ -695,15 +697,16 @@ impl Reader<'_> {
                         .push(join(&path, "from"), format!("{from}: the first band must start at 0"));
                     ok = false;
                 }
-                if let Some(prev) = bands.last() {
-                    if from <= prev.from {
+                if let Some(prev) = previous_from {
+                    if from <= prev {
                         self.errors.push(
                             join(&path, "from"),
-                            format!("{from} is not above the previous band's from {}", prev.from),
+                            format!("{from} is not above the previous band's from {prev}"),
                         );
                         ok = false;
                     }
                 }
+                previous_from = Some(from);
             }
             match (from, ratio) {
                 (Some(from), Some(ratio)) => bands.push(Band { from, ratio }),

@@ -77,6 +77,17 @@ pub fn now_text() -> String {
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
+/// `($1, $2, ...), ($n+1, ...)`: the VALUES of a multi-row insert of `rows` rows of `columns`.
+fn values_placeholders(rows: usize, columns: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    tuples.join(", ")
+}
+
 fn reasons_text(reasons: &[Reason]) -> String {
     let names: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
     names.join(",")
@@ -311,26 +322,30 @@ impl Writer {
         .fetch_one(&mut self.conn)
         .await?;
         let seq: i64 = row.try_get("seq")?;
-        for (i, l) in s.layers.iter().enumerate() {
-            sqlx::query(
+        if !s.layers.is_empty() {
+            // One statement for every layer of the claim.
+            let mut sql = String::from(
                 "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
-                 terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(seq)
-            .bind(i as i64)
-            .bind(l.product.as_str())
-            .bind(format_date(l.period_start))
-            .bind(format_date(l.period_end))
-            .bind(i64::from(l.terms_version))
-            .bind(l.layer_order)
-            .bind(l.benefit.as_ref().map(|b| b.to_string()))
-            .bind(fen(l.eligible, "settlement_layers")?)
-            .bind(fen(l.deductible_applied, "settlement_layers")?)
-            .bind(fen(l.payout, "settlement_layers")?)
-            .bind(reasons_text(&l.reasons))
-            .execute(&mut self.conn)
-            .await?;
+                 terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) VALUES ",
+            );
+            sql.push_str(&values_placeholders(s.layers.len(), 12));
+            let mut query = sqlx::query(&sql);
+            for (i, l) in s.layers.iter().enumerate() {
+                query = query
+                    .bind(seq)
+                    .bind(i as i64)
+                    .bind(l.product.as_str())
+                    .bind(format_date(l.period_start))
+                    .bind(format_date(l.period_end))
+                    .bind(i64::from(l.terms_version))
+                    .bind(l.layer_order)
+                    .bind(l.benefit.as_ref().map(|b| b.to_string()))
+                    .bind(fen(l.eligible, "settlement_layers")?)
+                    .bind(fen(l.deductible_applied, "settlement_layers")?)
+                    .bind(fen(l.payout, "settlement_layers")?)
+                    .bind(reasons_text(&l.reasons));
+            }
+            query.execute(&mut self.conn).await?;
         }
         self.add_to_totals(s, 1).await?;
         self.apply_changes(s, 1).await?;
@@ -365,26 +380,36 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds (`sign` 1) or takes back (-1) a settlement's accumulator changes, in one statement (a
+    /// settlement changes each (period, benefit) at most once).
     async fn apply_changes(&mut self, s: &Settlement, sign: i64) -> Result<()> {
-        for c in &s.changes.entries {
-            sqlx::query(
-                "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
-                 deductible_used_fen, band_position_fen, paid_fen) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
-                 deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
-                 band_position_fen = accumulators.band_position_fen + excluded.band_position_fen, \
-                 paid_fen = accumulators.paid_fen + excluded.paid_fen",
-            )
-            .bind(s.member_id.as_str())
-            .bind(c.period.product.as_str())
-            .bind(format_date(c.period.start))
-            .bind(c.benefit.as_str())
-            .bind(sign * fen(c.delta.deductible_used, "accumulators")?)
-            .bind(sign * fen(c.delta.band_position, "accumulators")?)
-            .bind(sign * fen(c.delta.paid, "accumulators")?)
-            .execute(&mut self.conn)
-            .await?;
+        let entries = &s.changes.entries;
+        if entries.is_empty() {
+            return Ok(());
         }
+        let mut sql = String::from(
+            "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
+             deductible_used_fen, band_position_fen, paid_fen) VALUES ",
+        );
+        sql.push_str(&values_placeholders(entries.len(), 7));
+        sql.push_str(
+            " ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
+             deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
+             band_position_fen = accumulators.band_position_fen + excluded.band_position_fen, \
+             paid_fen = accumulators.paid_fen + excluded.paid_fen",
+        );
+        let mut query = sqlx::query(&sql);
+        for c in entries {
+            query = query
+                .bind(s.member_id.as_str())
+                .bind(c.period.product.as_str())
+                .bind(format_date(c.period.start))
+                .bind(c.benefit.as_str())
+                .bind(sign * fen(c.delta.deductible_used, "accumulators")?)
+                .bind(sign * fen(c.delta.band_position, "accumulators")?)
+                .bind(sign * fen(c.delta.paid, "accumulators")?);
+        }
+        query.execute(&mut self.conn).await?;
         Ok(())
     }
 
@@ -503,39 +528,37 @@ async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
     Ok(catalogue)
 }
 
+/// The member with categories and enrollments, in one query: the writer reads it for every claim.
 async fn load_member(conn: &mut AnyConnection, member_id: &MemberId) -> Result<Option<Member>> {
-    let exists = sqlx::query("SELECT member_id FROM members WHERE member_id = $1")
-        .bind(member_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    if exists.is_none() {
-        return Ok(None);
-    }
+    let rows = sqlx::query(
+        "SELECT 'm' AS kind, '' AS a, '' AS b, 0 AS n FROM members WHERE member_id = $1 \
+         UNION ALL SELECT 'c', effective_date, category, 0 FROM member_categories WHERE member_id = $1 \
+         UNION ALL SELECT 'e', product_code, period_start, premium_fen FROM enrollments WHERE member_id = $1",
+    )
+    .bind(member_id.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
     let mut member = Member::new(member_id.clone());
-    let rows = sqlx::query("SELECT effective_date, category FROM member_categories WHERE member_id = $1")
-        .bind(member_id.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut exists = false;
     for row in rows {
-        let date = date_col(&row.try_get::<String, _>("effective_date")?, "member_categories")?;
-        let category =
-            Category::from_str(&row.try_get::<String, _>("category")?).map_err(|e| corrupt("member_categories", e))?;
-        member.categories.set(date, category);
+        let kind: String = row.try_get("kind")?;
+        let a: String = row.try_get("a")?;
+        let b: String = row.try_get("b")?;
+        match kind.as_str() {
+            "m" => exists = true,
+            "c" => {
+                let date = date_col(&a, "member_categories")?;
+                let category = Category::from_str(&b).map_err(|e| corrupt("member_categories", e))?;
+                member.categories.set(date, category);
+            }
+            _ => {
+                let key = period_key(&a, &b, "enrollments")?;
+                let premium = Money::from_fen(row.try_get("n")?).map_err(|e| corrupt("enrollments", e))?;
+                member.enrollments.insert(key, premium);
+            }
+        }
     }
-    let rows = sqlx::query("SELECT product_code, period_start, premium_fen FROM enrollments WHERE member_id = $1")
-        .bind(member_id.as_str())
-        .fetch_all(&mut *conn)
-        .await?;
-    for row in rows {
-        let key = period_key(
-            &row.try_get::<String, _>("product_code")?,
-            &row.try_get::<String, _>("period_start")?,
-            "enrollments",
-        )?;
-        let premium = Money::from_fen(row.try_get("premium_fen")?).map_err(|e| corrupt("enrollments", e))?;
-        member.enrollments.insert(key, premium);
-    }
-    Ok(Some(member))
+    Ok(exists.then_some(member))
 }
 
 pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result<PeriodKey> {
@@ -546,27 +569,49 @@ pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result
 }
 
 /// One member's usage in `keys`, plus each period's aggregate paid, as an in-memory book the engine
-/// reads.
+/// reads; one query.
 async fn load_accumulators(conn: &mut AnyConnection, member_id: &MemberId, keys: &[PeriodKey]) -> Result<Accumulators> {
     let mut acc = Accumulators::new();
-    let rows = sqlx::query(
+    if keys.is_empty() {
+        return Ok(acc);
+    }
+    // Rows with an empty benefit code are the periods' running totals.
+    let mut sql = String::from(
         "SELECT product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, paid_fen \
-         FROM accumulators WHERE member_id = $1",
-    )
-    .bind(member_id.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
+         FROM accumulators WHERE member_id = $1 UNION ALL \
+         SELECT product_code, period_start, '' AS benefit_code, 0, 0, paid_fen FROM product_totals WHERE ",
+    );
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push_str(&format!(
+            "(product_code = ${} AND period_start = ${})",
+            2 * i + 2,
+            2 * i + 3
+        ));
+    }
+    let mut query = sqlx::query(&sql).bind(member_id.as_str());
+    for key in keys {
+        query = query.bind(key.product.as_str()).bind(format_date(key.start));
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut totals = Vec::with_capacity(keys.len());
     for row in rows {
         let key = period_key(
             &row.try_get::<String, _>("product_code")?,
             &row.try_get::<String, _>("period_start")?,
             "accumulators",
         )?;
+        let benefit: String = row.try_get("benefit_code")?;
+        if benefit.is_empty() {
+            totals.push((key, from_fen(row.try_get("paid_fen")?)));
+            continue;
+        }
         if !keys.contains(&key) {
             continue;
         }
-        let benefit =
-            BenefitCode::parse(&row.try_get::<String, _>("benefit_code")?).map_err(|e| corrupt("accumulators", e))?;
+        let benefit = BenefitCode::parse(&benefit).map_err(|e| corrupt("accumulators", e))?;
         let usage = BenefitUsage {
             deductible_used: from_fen(row.try_get("deductible_used_fen")?),
             band_position: from_fen(row.try_get("band_position_fen")?),
@@ -574,22 +619,13 @@ async fn load_accumulators(conn: &mut AnyConnection, member_id: &MemberId, keys:
         };
         acc.add(member_id, &key, &benefit, &usage);
     }
-    // Other members' payouts count towards aggregate caps: add them under a placeholder member so
-    // the book's period total equals the stored total.
-    for key in keys {
-        let row = sqlx::query("SELECT paid_fen FROM product_totals WHERE product_code = $1 AND period_start = $2")
-            .bind(key.product.as_str())
-            .bind(format_date(key.start))
-            .fetch_optional(&mut *conn)
-            .await?;
-        let total = match row {
-            Some(row) => from_fen(row.try_get("paid_fen")?),
-            None => Decimal::ZERO,
-        };
-        let own = crate::domain::AccumulatorView::aggregate_paid(&acc, key);
+    // Other members' payouts count towards aggregate caps: the period's stored total less this
+    // member's part.
+    for (key, total) in totals {
+        let own = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
         let others = total - own;
         if !others.is_zero() {
-            acc.add_period_paid(key, others);
+            acc.add_period_paid(&key, others);
         }
     }
     Ok(acc)

@@ -1,0 +1,460 @@
+//! ReportService: watched loss ratios, paged and filtered listings, export.
+
+// Test helpers may panic: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use claims::proto::{self, ListSettlementsRequest, ListSettlementsResponse, StoredSettlement};
+use rust_decimal::Decimal;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::common::*;
+use crate::support::*;
+
+/// Five settlements: M1 (Cixi) at H1 and H2 in 2022, M2 (Zhongning) at H3 in 2020, in this order.
+async fn five_settlements(app: &TestApp) -> Vec<StoredSettlement> {
+    enroll_cixi(app, "M1", "DIBAO").await;
+    enroll_zhongning(app, "M2").await;
+    let mut out = Vec::new();
+    for request in [
+        claim_a1("H1", "H1-0001"),
+        claim_a2("H1", "H1-0002"),
+        claim_a3("H2", "H2-0001"),
+        claim(
+            "H2",
+            "H2-0002",
+            "M1",
+            "2022-08-01",
+            "PHARMACY",
+            "",
+            &[("IN_SCOPE", "500.00")],
+            &[],
+        ),
+        claim_z1("H3", "Z-1"),
+    ] {
+        out.push(settle_one(app, request).await.0);
+    }
+    out
+}
+
+async fn list(app: &TestApp, request: ListSettlementsRequest) -> ListSettlementsResponse {
+    app.reports()
+        .await
+        .list_settlements(request)
+        .await
+        .expect("ListSettlements")
+        .into_inner()
+}
+
+fn ids(settlements: &[StoredSettlement]) -> Vec<String> {
+    settlements.iter().map(|s| inner(s).claim_id.clone()).collect()
+}
+
+fn sum(settlements: &[&StoredSettlement], field: impl Fn(&proto::Settlement) -> &str) -> String {
+    money(settlements.iter().map(|s| dec(field(inner(s)))).sum::<Decimal>())
+}
+
+/// Checks the totals of a listing against the settlements that should match.
+fn assert_totals_of(response: &ListSettlementsResponse, matching: &[&StoredSettlement]) {
+    let totals = response.totals.as_ref().expect("totals");
+    assert_eq!(
+        (
+            totals.count,
+            totals.total_cost.clone(),
+            totals.upstream_total.clone(),
+            totals.payout_total.clone(),
+            totals.out_of_pocket.clone()
+        ),
+        (
+            matching.len() as u64,
+            sum(matching, |s| &s.total_cost),
+            sum(matching, |s| &s.upstream_total),
+            sum(matching, |s| &s.payout_total),
+            sum(matching, |s| &s.out_of_pocket)
+        ),
+        "totals over every match"
+    );
+}
+
+#[tokio::test]
+async fn list_settlements_pages_with_totals_over_every_match() {
+    let app = spawn_app().await;
+    let all = five_settlements(&app).await;
+    let every: Vec<&StoredSettlement> = all.iter().collect();
+
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(
+            &app,
+            ListSettlementsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_totals_of(&page, &every);
+        token = page.next_page_token.clone();
+        pages.push(page);
+        if token.is_empty() {
+            break;
+        }
+        assert!(pages.len() < 10, "paging ends");
+    }
+    let page_ids: Vec<Vec<String>> = pages.iter().map(|p| ids(&p.settlements)).collect();
+    assert_eq!(
+        page_ids,
+        [vec!["H1-0001", "H1-0002"], vec!["H2-0001", "H2-0002"], vec!["Z-1"]]
+    );
+    let listed: Vec<StoredSettlement> = pages.into_iter().flat_map(|p| p.settlements).collect();
+    assert_eq!(listed, all, "listed exactly as settled");
+
+    // page_size 0 is the default (100): everything on one page.
+    let one = list(&app, ListSettlementsRequest::default()).await;
+    assert_eq!(one.settlements, all);
+    assert!(one.next_page_token.is_empty());
+
+    // Bad requests name their field.
+    let mut client = app.reports().await;
+    for (request, field) in [
+        (
+            ListSettlementsRequest {
+                page_size: 1001,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+        (
+            ListSettlementsRequest {
+                from_date: "2022-1-1".into(),
+                ..Default::default()
+            },
+            "from_date",
+        ),
+        (
+            ListSettlementsRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+    ] {
+        let status = client.list_settlements(request).await.expect_err("refused");
+        assert_refused_with_field(&status, Code::InvalidArgument, field);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn list_settlements_filters_by_dates_hospital_and_product() {
+    let app = spawn_app().await;
+    let all = five_settlements(&app).await;
+    let pick = |idx: &[usize]| -> Vec<&StoredSettlement> { idx.iter().map(|&i| &all[i]).collect() };
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            from_date: "2022-04-01".into(),
+            to_date: "2022-06-30".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["H1-0002", "H2-0001"]);
+    assert_totals_of(&r, &pick(&[1, 2]));
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            from_date: "2022-05-03".into(),
+            to_date: "2022-05-03".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["H2-0001"], "both ends are inclusive");
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            to_date: "2021-12-31".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["Z-1"]);
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            hospital_id: "H2".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["H2-0001", "H2-0002"]);
+    assert_totals_of(&r, &pick(&[2, 3]));
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            product_code: ZN.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["Z-1"]);
+    assert_totals_of(&r, &pick(&[4]));
+    assert_eq!(r.totals.as_ref().expect("totals").product_payout, "10000.00");
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            product_code: TIANYI.into(),
+            page_size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["H1-0001", "H1-0002", "H2-0001"]);
+    assert!(!r.next_page_token.is_empty());
+    assert_totals_of(&r, &pick(&[0, 1, 2, 3]));
+    let tianyi_paid: Decimal = all[..4].iter().map(|s| dec(&layer(inner(s), TIANYI).payout)).sum();
+    assert_eq!(money(tianyi_paid), "9617.28");
+    assert_eq!(r.totals.as_ref().expect("totals").product_payout, "9617.28");
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            hospital_id: "H1".into(),
+            product_code: MA.into(),
+            to_date: "2022-03-31".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r.settlements), ["H1-0001"], "filters combine");
+    assert_eq!(r.totals.as_ref().expect("totals").product_payout, "16000.00");
+
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            hospital_id: "H9".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(r.settlements.is_empty());
+    assert_eq!(r.totals.as_ref().expect("totals").count, 0);
+
+    // Reversed settlements are left out unless asked for.
+    reverse(&app, "H1", "H1-0002").await.expect("reverses");
+    let r = list(&app, ListSettlementsRequest::default()).await;
+    assert_eq!(ids(&r.settlements), ["H1-0001", "H2-0001", "H2-0002", "Z-1"]);
+    assert_totals_of(&r, &pick(&[0, 2, 3, 4]));
+    let r = list(
+        &app,
+        ListSettlementsRequest {
+            include_reversed: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(r.settlements.len(), 5);
+    let reversed: Vec<bool> = r.settlements.iter().map(|s| s.reversed).collect();
+    assert_eq!(reversed, [false, true, false, false, false]);
+    assert_eq!(r.totals.as_ref().expect("totals").count, 5);
+    app.stop().await;
+}
+
+async fn export(app: &TestApp, request: ListSettlementsRequest) -> Vec<StoredSettlement> {
+    let mut stream = app
+        .reports()
+        .await
+        .export_settlements(request)
+        .await
+        .expect("ExportSettlements")
+        .into_inner();
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(STREAM_WAIT, stream.next())
+            .await
+            .expect("an export message in time");
+        match next {
+            Some(item) => out.push(item.expect("no export error")),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn export_settlements_streams_every_match() {
+    let app = spawn_app().await;
+    let all = five_settlements(&app).await;
+    assert_eq!(export(&app, ListSettlementsRequest::default()).await, all);
+    let h2 = export(
+        &app,
+        ListSettlementsRequest {
+            hospital_id: "H2".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&h2), ["H2-0001", "H2-0002"]);
+    let zn = export(
+        &app,
+        ListSettlementsRequest {
+            product_code: ZN.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&zn), ["Z-1"]);
+    let status = app
+        .reports()
+        .await
+        .export_settlements(ListSettlementsRequest {
+            to_date: "yesterday".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad date");
+    assert_refused_with_field(&status, Code::InvalidArgument, "to_date");
+
+    // More settlements than one export read (500): all of them, once, in order.
+    let many: Vec<_> = (0..620)
+        .map(|i| claim_education("H4", &format!("E-{i:04}"), "2020-09-01", "10.00"))
+        .collect();
+    let replies = settle_stream(&app, many).await;
+    assert!(replies
+        .iter()
+        .all(|r| matches!(r.result, Some(proto::settlement_reply::Result::Settlement(_)))));
+    let exported = export(
+        &app,
+        ListSettlementsRequest {
+            hospital_id: "H4".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let expected: Vec<String> = (0..620).map(|i| format!("E-{i:04}")).collect();
+    assert_eq!(ids(&exported), expected);
+    assert_eq!(export(&app, ListSettlementsRequest::default()).await.len(), 625);
+    app.stop().await;
+}
+
+async fn next_figure(watch: &mut tonic::Streaming<proto::LossRatio>) -> proto::LossRatio {
+    tokio::time::timeout(STREAM_WAIT, watch.message())
+        .await
+        .expect("a loss-ratio message within 10 s")
+        .expect("no stream error")
+        .expect("the stream stays open")
+}
+
+#[tokio::test]
+async fn watch_loss_ratio_sends_the_current_figures_then_every_change() {
+    let app = spawn_app().await;
+    enroll_zhongning(&app, "M2").await;
+    let mut watch = app
+        .reports()
+        .await
+        .watch_loss_ratio(proto::LossRatioRequest {
+            product_code: ZN.into(),
+            period_start: ZN_START.into(),
+        })
+        .await
+        .expect("WatchLossRatio")
+        .into_inner();
+    let figures = |lr: &proto::LossRatio| {
+        (
+            lr.product_code.clone(),
+            lr.period_start.clone(),
+            lr.written_premium.clone(),
+            lr.paid.clone(),
+            lr.paid_claims,
+            lr.enrolled_members,
+            lr.loss_ratio.clone(),
+        )
+    };
+    let expect = |paid: &str, claims: u64, ratio: &str| {
+        (
+            ZN.to_owned(),
+            ZN_START.to_owned(),
+            "60.00".to_owned(),
+            paid.to_owned(),
+            claims,
+            1,
+            ratio.to_owned(),
+        )
+    };
+
+    assert_eq!(
+        figures(&next_figure(&mut watch).await),
+        expect("0.00", 0, "0.0000"),
+        "the current figures"
+    );
+    // A settlement of another product does not show up in this watch.
+    enroll_cixi(&app, "M1", "DIBAO").await;
+    settle_one(&app, claim_a1("H1", "H1-0001")).await;
+    settle_one(&app, claim_z1("H1", "Z-1")).await;
+    assert_eq!(
+        figures(&next_figure(&mut watch).await),
+        expect("10000.00", 1, "166.6667")
+    );
+    settle_one(&app, claim_z2("H1", "Z-2")).await;
+    assert_eq!(
+        figures(&next_figure(&mut watch).await),
+        expect("56000.00", 2, "933.3333")
+    );
+    reverse(&app, "H1", "Z-1").await.expect("reverses");
+    assert_eq!(
+        figures(&next_figure(&mut watch).await),
+        expect("46000.00", 1, "766.6667")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn get_loss_ratio_lists_every_product_period() {
+    let app = spawn_app().await;
+    let ratios = app
+        .reports()
+        .await
+        .get_loss_ratio(proto::LossRatioRequest::default())
+        .await
+        .expect("GetLossRatio")
+        .into_inner()
+        .ratios;
+    assert_eq!(ratios.len(), 13, "every example product period: {ratios:?}");
+    assert!(
+        ratios
+            .iter()
+            .all(|r| r.loss_ratio.is_empty() && r.written_premium == "0.00"),
+        "no premium written yet: no ratio"
+    );
+    let farmer = app
+        .reports()
+        .await
+        .get_loss_ratio(proto::LossRatioRequest {
+            product_code: "cixi-low-income-farmer-insurance".into(),
+            period_start: String::new(),
+        })
+        .await
+        .expect("GetLossRatio")
+        .into_inner()
+        .ratios;
+    let periods: Vec<&str> = farmer.iter().map(|r| r.period_start.as_str()).collect();
+    assert_eq!(periods, ["2020-08-15", "2021-08-15"]);
+    let status = app
+        .reports()
+        .await
+        .get_loss_ratio(proto::LossRatioRequest {
+            product_code: "Not A Code".into(),
+            period_start: String::new(),
+        })
+        .await
+        .expect_err("bad code");
+    assert_refused_with_field(&status, Code::InvalidArgument, "product_code");
+    app.stop().await;
+}

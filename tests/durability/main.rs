@@ -1,0 +1,12 @@
+//! Durability tests: many concurrent streams against tight caps, replayed through the engine; and a
+//! real `claimsd` process killed with SIGKILL in the middle of a stream, then restarted.
+// A panic is a failed test; helpers outside `#[test]` functions may panic too. The shared harness
+// has an eight-argument `claim(...)`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::too_many_arguments)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod concurrency;
+mod crash;
+mod support;
