@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::api::member::MemberApi;
@@ -163,7 +163,8 @@ impl Application {
             .add_service(TermsServiceServer::new(TermsApi::new(ledger.clone())).max_decoding_message_size(max))
             .add_service(MemberServiceServer::new(MemberApi::new(ledger.clone())).max_decoding_message_size(max))
             .add_service(ReportServiceServer::new(ReportApi::new(ledger.clone())).max_decoding_message_size(max))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            // Nagle's algorithm would hold each unary reply for the client's delayed ACK (40 ms).
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         drop(ledger);
         tracing::info!(port, "serving");
         tokio::pin!(serve);
