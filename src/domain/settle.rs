@@ -60,6 +60,11 @@ impl LayerResult {
 }
 
 impl Settlement {
+    /// The product periods this settlement paid something in: whose loss ratio it moves.
+    pub fn paying_periods(&self) -> impl Iterator<Item = PeriodKey> + '_ {
+        self.layers.iter().filter(|l| !l.payout.is_zero()).map(LayerResult::key)
+    }
+
     /// The accumulator changes of these layers, as `settle` computes them.
     pub fn changes_of(member: &MemberId, layers: &[LayerResult]) -> AccumulatorChanges {
         AccumulatorChanges {

@@ -283,6 +283,26 @@ impl WriterTask {
         tracing::info!("ledger writer stopped");
     }
 
+    /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers.
+    async fn publish(&mut self, touched: &BTreeSet<PeriodKey>) {
+        if touched.is_empty() || self.loss_ratio.receiver_count() == 0 {
+            return;
+        }
+        for key in touched {
+            match self.writer.loss_ratio(key).await {
+                Ok(Some((figures, enrolled_members))) => {
+                    let _ = self.loss_ratio.send(LossRatioEvent {
+                        key: key.clone(),
+                        figures,
+                        enrolled_members,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
+            }
+        }
+    }
+
     fn current_catalogue(&self) -> Arc<Catalogue> {
         match self.catalogue.read() {
             Ok(c) => c.clone(),
@@ -402,60 +422,52 @@ async fn settle_claim(
     catalogue: &Catalogue,
     touched: &mut BTreeSet<PeriodKey>,
 ) -> Result<Result<Settled, LedgerError>, StoreError> {
+    let canonical = serde_json::to_string(&claim.to_draft()).map_err(|e| StoreError::Corrupt {
+        table: "settlements",
+        detail: e.to_string(),
+    })?;
+    if let Some((_, stored_json)) = w
+        .claim_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
+        .await?
     {
-        let canonical = serde_json::to_string(&claim.to_draft()).map_err(|e| StoreError::Corrupt {
-            table: "settlements",
-            detail: e.to_string(),
-        })?;
-        if let Some((_, stored_json)) = w
-            .claim_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
-            .await?
-        {
-            if stored_json != canonical {
-                return Ok(Err(LedgerError::Conflict {
-                    hospital_id: claim.hospital_id.to_string(),
-                    claim_id: claim.claim_id.to_string(),
-                }));
-            }
-            let stored = w
-                .settlement_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
-                .await?;
-            return Ok(match stored {
-                Some(stored) => Ok(Settled { stored, replay: true }),
-                None => Err(LedgerError::Internal(
-                    "a settlement vanished during its transaction".into(),
-                )),
-            });
+        if stored_json != canonical {
+            return Ok(Err(LedgerError::Conflict {
+                hospital_id: claim.hospital_id.to_string(),
+                claim_id: claim.claim_id.to_string(),
+            }));
         }
-        let Some(member) = w.member(&claim.member_id).await? else {
-            return Ok(Err(LedgerError::MemberNotFound));
-        };
-        let keys: Vec<PeriodKey> = layers_for(catalogue, &member, claim.service_date)
-            .iter()
-            .map(|v| v.terms.key())
-            .collect();
-        let acc = w.accumulators(&claim.member_id, &keys).await?;
-        let settlement = settle(catalogue, &member, claim, &acc);
-        let settled_at = now_text();
-        let seq = w.insert_settlement(&canonical, &settlement, &settled_at).await?;
-        touched.extend(
-            settlement
-                .layers
-                .iter()
-                .filter(|l| !l.payout.is_zero())
-                .map(|l| l.key()),
-        );
-        Ok(Ok(Settled {
-            stored: StoredSettlement {
-                settlement,
-                seq,
-                settled_at,
-                reversed_at: None,
-                claim_json: canonical,
-            },
-            replay: false,
-        }))
+        let stored = w
+            .settlement_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
+            .await?;
+        return Ok(match stored {
+            Some(stored) => Ok(Settled { stored, replay: true }),
+            None => Err(LedgerError::Internal(
+                "a settlement vanished during its transaction".into(),
+            )),
+        });
     }
+    let Some(member) = w.member(&claim.member_id).await? else {
+        return Ok(Err(LedgerError::MemberNotFound));
+    };
+    let keys: Vec<PeriodKey> = layers_for(catalogue, &member, claim.service_date)
+        .iter()
+        .map(|v| v.terms.key())
+        .collect();
+    let acc = w.accumulators(&claim.member_id, &keys).await?;
+    let settlement = settle(catalogue, &member, claim, &acc);
+    let settled_at = now_text();
+    let seq = w.insert_settlement(&canonical, &settlement, &settled_at).await?;
+    touched.extend(settlement.paying_periods());
+    Ok(Ok(Settled {
+        stored: StoredSettlement {
+            settlement,
+            seq,
+            settled_at,
+            reversed_at: None,
+            claim_json: canonical,
+        },
+        replay: false,
+    }))
 }
 
 async fn reverse(
@@ -464,53 +476,22 @@ async fn reverse(
     claim: &ClaimId,
     touched: &mut BTreeSet<PeriodKey>,
 ) -> Result<Result<StoredSettlement, LedgerError>, StoreError> {
-    {
-        let Some(mut stored) = w.settlement_by_key(hospital.as_str(), claim.as_str()).await? else {
-            return Ok(Err(LedgerError::NotFound(format!(
-                "settlement of claim {claim} of hospital {hospital}"
-            ))));
-        };
-        if stored.reversed_at.is_some() {
-            return Ok(Err(LedgerError::AlreadyReversed {
-                hospital_id: hospital.to_string(),
-                claim_id: claim.to_string(),
-            }));
-        }
-        let reversed_at = now_text();
-        w.insert_reversal(stored.seq, &stored.settlement, &reversed_at).await?;
-        touched.extend(
-            stored
-                .settlement
-                .layers
-                .iter()
-                .filter(|l| !l.payout.is_zero())
-                .map(|l| l.key()),
-        );
-        stored.reversed_at = Some(reversed_at);
-        Ok(Ok(stored))
+    let Some(mut stored) = w.settlement_by_key(hospital.as_str(), claim.as_str()).await? else {
+        return Ok(Err(LedgerError::NotFound(format!(
+            "settlement of claim {claim} of hospital {hospital}"
+        ))));
+    };
+    if stored.reversed_at.is_some() {
+        return Ok(Err(LedgerError::AlreadyReversed {
+            hospital_id: hospital.to_string(),
+            claim_id: claim.to_string(),
+        }));
     }
-}
-
-impl WriterTask {
-    /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers.
-    async fn publish(&mut self, touched: &BTreeSet<PeriodKey>) {
-        if touched.is_empty() || self.loss_ratio.receiver_count() == 0 {
-            return;
-        }
-        for key in touched {
-            match self.writer.loss_ratio(key).await {
-                Ok(Some((figures, enrolled_members))) => {
-                    let _ = self.loss_ratio.send(LossRatioEvent {
-                        key: key.clone(),
-                        figures,
-                        enrolled_members,
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
-            }
-        }
-    }
+    let reversed_at = now_text();
+    w.insert_reversal(stored.seq, &stored.settlement, &reversed_at).await?;
+    touched.extend(stored.settlement.paying_periods());
+    stored.reversed_at = Some(reversed_at);
+    Ok(Ok(stored))
 }
 
 async fn apply_terms(
