@@ -12,7 +12,7 @@
 //! The writer reads accumulators from the database inside its transaction rather than from a cache,
 //! so several processes can share one database and a restart needs no warm-up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use time::Date;
@@ -22,7 +22,7 @@ use crate::domain::{
     layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
-use crate::store::{now_text, Store, StoreError, StoredSettlement, Writer};
+use crate::store::{now_text, NewSettlement, Store, StoreError, StoredSettlement, Writer};
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
 #[derive(Debug, thiserror::Error)]
@@ -377,14 +377,35 @@ impl WriterTask {
             effects.terms_rows_added = stored_rows - self.terms_rows;
         }
         let shared = self.current_catalogue();
-        for Command { request, reply } in batch {
-            let answer = match request {
+        // Consecutive claims are settled together as one run; any other command ends the run, so
+        // every command still sees exactly the effects of those before it.
+        let mut run: Vec<(Claim, Reply)> = Vec::new();
+        let mut commands = batch.into_iter().peekable();
+        while let Some(Command { request, reply }) = commands.next() {
+            let request = match request {
                 Request::Settle(claim) => {
+                    run.push((claim, reply));
+                    if matches!(
+                        commands.peek(),
+                        Some(Command {
+                            request: Request::Settle(_),
+                            ..
+                        })
+                    ) {
+                        continue;
+                    }
+                    let (claims, replies): (Vec<Claim>, Vec<Reply>) = std::mem::take(&mut run).into_iter().unzip();
                     let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
-                    settle_claim(&mut self.writer, &claim, catalogue, touched)
-                        .await?
-                        .map(Response::Settled)
+                    let results = settle_run(&mut self.writer, &claims, catalogue, touched).await?;
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        answers.push((reply, result.map(Response::Settled)));
+                    }
+                    continue;
                 }
+                other => other,
+            };
+            let answer = match request {
+                Request::Settle(_) => Err(LedgerError::Internal("a claim outside its run".into())),
                 Request::Reverse(hospital, claim) => reverse(&mut self.writer, &hospital, &claim, touched)
                     .await?
                     .map(Response::Reversed),
@@ -416,58 +437,167 @@ impl WriterTask {
     }
 }
 
-async fn settle_claim(
+/// Settles a run of consecutive claims of one batch: loads what they need in three queries, settles
+/// them one after another in memory (each sees the changes of those before it), and appends them in
+/// a few multi-row statements. The result is exactly that of settling them one at a time.
+async fn settle_run(
     w: &mut Writer,
-    claim: &Claim,
+    claims: &[Claim],
     catalogue: &Catalogue,
     touched: &mut BTreeSet<PeriodKey>,
-) -> Result<Result<Settled, LedgerError>, StoreError> {
-    let canonical = serde_json::to_string(&claim.to_draft()).map_err(|e| StoreError::Corrupt {
-        table: "settlements",
-        detail: e.to_string(),
-    })?;
-    if let Some((_, stored_json)) = w
-        .claim_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
-        .await?
-    {
-        if stored_json != canonical {
-            return Ok(Err(LedgerError::Conflict {
-                hospital_id: claim.hospital_id.to_string(),
-                claim_id: claim.claim_id.to_string(),
-            }));
-        }
-        let stored = w
-            .settlement_by_key(claim.hospital_id.as_str(), claim.claim_id.as_str())
-            .await?;
-        return Ok(match stored {
-            Some(stored) => Ok(Settled { stored, replay: true }),
-            None => Err(LedgerError::Internal(
-                "a settlement vanished during its transaction".into(),
-            )),
-        });
-    }
-    let Some(member) = w.member(&claim.member_id).await? else {
-        return Ok(Err(LedgerError::MemberNotFound));
-    };
-    let keys: Vec<PeriodKey> = layers_for(catalogue, &member, claim.service_date)
+) -> Result<Vec<Result<Settled, LedgerError>>, StoreError> {
+    let canonical = claims
         .iter()
-        .map(|v| v.terms.key())
+        .map(|c| serde_json::to_string(&c.to_draft()))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| StoreError::Corrupt {
+            table: "settlements",
+            detail: e.to_string(),
+        })?;
+    let keys: Vec<(&str, &str)> = claims
+        .iter()
+        .map(|c| (c.hospital_id.as_str(), c.claim_id.as_str()))
         .collect();
-    let acc = w.accumulators(&claim.member_id, &keys).await?;
-    let settlement = settle(catalogue, &member, claim, &acc);
+    let stored = w.claims_by_keys(&keys).await?;
+    let mut member_ids: Vec<&MemberId> = claims.iter().map(|c| &c.member_id).collect();
+    member_ids.sort();
+    member_ids.dedup();
+    let members = w.members(&member_ids).await?;
+    let mut periods: BTreeSet<PeriodKey> = BTreeSet::new();
+    for c in claims {
+        if let Some(member) = members.get(&c.member_id) {
+            periods.extend(
+                layers_for(catalogue, member, c.service_date)
+                    .iter()
+                    .map(|v| v.terms.key()),
+            );
+        }
+    }
+    let periods: Vec<PeriodKey> = periods.into_iter().collect();
+    let mut book = w.accumulators(&member_ids, &periods).await?;
+
+    enum Outcome {
+        New(Box<Settlement>),
+        /// An identical claim earlier in this run.
+        SameAs(usize),
+        /// An identical claim stored before.
+        Stored,
+        Refused(LedgerError),
+    }
+    let mut outcomes = Vec::with_capacity(claims.len());
+    let mut first_in_run: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, claim) in claims.iter().enumerate() {
+        let key = keys[i];
+        let conflict = || LedgerError::Conflict {
+            hospital_id: claim.hospital_id.to_string(),
+            claim_id: claim.claim_id.to_string(),
+        };
+        let outcome = if let Some((_, stored_json)) = stored.get(&(key.0.to_owned(), key.1.to_owned())) {
+            if *stored_json == canonical[i] {
+                Outcome::Stored
+            } else {
+                Outcome::Refused(conflict())
+            }
+        } else if let Some(&first) = first_in_run.get(&key) {
+            if canonical[first] == canonical[i] {
+                Outcome::SameAs(first)
+            } else {
+                Outcome::Refused(conflict())
+            }
+        } else if let Some(member) = members.get(&claim.member_id) {
+            let settlement = settle(catalogue, member, claim, &book);
+            book.apply(&settlement.changes);
+            first_in_run.insert(key, i);
+            Outcome::New(Box::new(settlement))
+        } else {
+            Outcome::Refused(LedgerError::MemberNotFound)
+        };
+        outcomes.push(outcome);
+    }
+
     let settled_at = now_text();
-    let seq = w.insert_settlement(&canonical, &settlement, &settled_at).await?;
-    touched.extend(settlement.paying_periods());
-    Ok(Ok(Settled {
-        stored: StoredSettlement {
-            settlement,
-            seq,
-            settled_at,
-            reversed_at: None,
-            claim_json: canonical,
+    let new_rows: Vec<NewSettlement<'_>> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Outcome::New(s) => Some(NewSettlement {
+                claim_json: &canonical[i],
+                settlement: s,
+                settled_at: &settled_at,
+            }),
+            _ => None,
+        })
+        .collect();
+    let seqs = w.insert_settlements(&new_rows).await?;
+    drop(new_rows);
+
+    let mut seq_of: HashMap<usize, i64> = HashMap::new();
+    let mut next_seq = seqs.into_iter();
+    for (i, o) in outcomes.iter().enumerate() {
+        if let Outcome::New(s) = o {
+            touched.extend(s.paying_periods());
+            if let Some(seq) = next_seq.next() {
+                seq_of.insert(i, seq);
+            }
+        }
+    }
+    let mut results: Vec<Result<Settled, LedgerError>> = Vec::with_capacity(claims.len());
+    let new_settled = |i: usize, s: &Settlement, replay: bool| -> Result<Settled, LedgerError> {
+        match seq_of.get(&i) {
+            Some(&seq) => Ok(Settled {
+                stored: StoredSettlement {
+                    settlement: s.clone(),
+                    seq,
+                    settled_at: settled_at.clone(),
+                    reversed_at: None,
+                    claim_json: canonical[i].clone(),
+                },
+                replay,
+            }),
+            None => Err(LedgerError::Internal("a settlement was stored without a number".into())),
+        }
+    };
+    for (i, o) in outcomes.iter().enumerate() {
+        let result = match o {
+            Outcome::New(s) => new_settled(i, s, false),
+            Outcome::SameAs(first) => match &outcomes[*first] {
+                Outcome::New(s) => new_settled(*first, s, true),
+                _ => Err(LedgerError::Internal("a replay points at no settlement".into())),
+            },
+            Outcome::Stored => {
+                match w
+                    .settlement_by_key(claims[i].hospital_id.as_str(), claims[i].claim_id.as_str())
+                    .await?
+                {
+                    Some(stored) => Ok(Settled { stored, replay: true }),
+                    None => Err(LedgerError::Internal(
+                        "a settlement vanished during its transaction".into(),
+                    )),
+                }
+            }
+            Outcome::Refused(e) => Err(clone_error(e)),
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+fn clone_error(e: &LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Invalid(f) => LedgerError::Invalid(f.clone()),
+        LedgerError::MemberNotFound => LedgerError::MemberNotFound,
+        LedgerError::Conflict { hospital_id, claim_id } => LedgerError::Conflict {
+            hospital_id: hospital_id.clone(),
+            claim_id: claim_id.clone(),
         },
-        replay: false,
-    }))
+        LedgerError::NotFound(s) => LedgerError::NotFound(s.clone()),
+        LedgerError::AlreadyReversed { hospital_id, claim_id } => LedgerError::AlreadyReversed {
+            hospital_id: hospital_id.clone(),
+            claim_id: claim_id.clone(),
+        },
+        LedgerError::Unavailable(s) => LedgerError::Unavailable(s.clone()),
+        LedgerError::Internal(s) => LedgerError::Internal(s.clone()),
+    }
 }
 
 async fn reverse(

@@ -8,6 +8,7 @@
 
 mod rows;
 
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -75,6 +76,17 @@ pub fn now_text() -> String {
     let now = time::OffsetDateTime::now_utc();
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+/// Rows (or keys) per multi-row statement: well below SQLite's 32,766 and PostgreSQL's 65,535 bound
+/// parameters at 12 columns.
+const ROWS_PER_STATEMENT_MAX: usize = 400;
+
+/// A settlement to append.
+pub struct NewSettlement<'a> {
+    pub claim_json: &'a str,
+    pub settlement: &'a Settlement,
+    pub settled_at: &'a str,
 }
 
 /// `($1, $2, ...), ($n+1, ...)`: the VALUES of a multi-row insert of `rows` rows of `columns`.
@@ -204,21 +216,18 @@ impl Store {
         rows::loss_ratios(&self.pool, code, start).await
     }
 
-    pub async fn member(&self, member_id: &MemberId) -> Result<Option<Member>> {
-        let mut conn = self.pool.acquire().await?;
-        load_member(&mut conn, member_id).await
-    }
-
     /// A member with the accumulators of every period they are enrolled in, read in one
     /// transaction so the figures agree with each other (preview, member view).
     pub async fn member_snapshot(&self, member_id: &MemberId) -> Result<Option<(Member, Accumulators)>> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let Some(member) = load_member(&mut tx, member_id).await? else {
+        let mut found = HashMap::new();
+        load_members(&mut tx, &[member_id], &mut found).await?;
+        let Some(member) = found.remove(member_id) else {
             return Ok(None);
         };
         let keys: Vec<PeriodKey> = member.enrollments.keys().cloned().collect();
-        let acc = load_accumulators(&mut tx, member_id, &keys).await?;
+        let acc = load_accumulators(&mut tx, &[member_id], &keys).await?;
         tx.commit().await?;
         Ok(Some((member, acc)))
     }
@@ -292,48 +301,113 @@ impl Writer {
 
     /// The member with categories and enrollments.
     pub async fn member(&mut self, member_id: &MemberId) -> Result<Option<Member>> {
-        load_member(&mut self.conn, member_id).await
+        let mut found = HashMap::new();
+        load_members(&mut self.conn, &[member_id], &mut found).await?;
+        Ok(found.remove(member_id))
     }
 
-    /// The member's accumulators in `keys`, with the period totals (aggregate caps).
-    pub async fn accumulators(&mut self, member_id: &MemberId, keys: &[PeriodKey]) -> Result<Accumulators> {
-        load_accumulators(&mut self.conn, member_id, keys).await
+    /// Settlements already stored under these `(hospital_id, claim_id)` keys, with their sequence
+    /// number and canonical claim; one query per chunk of keys.
+    pub async fn claims_by_keys(&mut self, keys: &[(&str, &str)]) -> Result<HashMap<(String, String), (i64, String)>> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+            let clauses: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(hospital_id = ${} AND claim_id = ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!(
+                "SELECT seq, hospital_id, claim_id, claim_json FROM settlements WHERE {}",
+                clauses.join(" OR ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (hospital, claim) in chunk {
+                query = query.bind(*hospital).bind(*claim);
+            }
+            for row in query.fetch_all(&mut self.conn).await? {
+                found.insert(
+                    (row.try_get("hospital_id")?, row.try_get("claim_id")?),
+                    (row.try_get("seq")?, row.try_get("claim_json")?),
+                );
+            }
+        }
+        Ok(found)
     }
 
-    /// Appends a settlement with its layers; returns its sequence number.
-    pub async fn insert_settlement(&mut self, claim_json: &str, s: &Settlement, settled_at: &str) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
-             total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq",
-        )
-        .bind(s.hospital_id.as_str())
-        .bind(s.claim_id.as_str())
-        .bind(s.member_id.as_str())
-        .bind(format_date(s.service_date))
-        .bind(s.category.as_str())
-        .bind(claim_json)
-        .bind(fen(s.total_cost, "settlements")?)
-        .bind(fen(s.upstream_total, "settlements")?)
-        .bind(fen(s.payout_total, "settlements")?)
-        .bind(fen(s.out_of_pocket, "settlements")?)
-        .bind(reasons_text(&s.reasons))
-        .bind(settled_at)
-        .fetch_one(&mut self.conn)
-        .await?;
-        let seq: i64 = row.try_get("seq")?;
-        if !s.layers.is_empty() {
-            // One statement for every layer of the claim.
+    /// The members among `ids` that exist, with categories and enrollments.
+    pub async fn members(&mut self, ids: &[&MemberId]) -> Result<HashMap<MemberId, Member>> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT_MAX) {
+            load_members(&mut self.conn, chunk, &mut found).await?;
+        }
+        Ok(found)
+    }
+
+    /// The usage of `members` in the product periods `keys`, with each period's total paid by all
+    /// members (aggregate caps), as one in-memory book.
+    pub async fn accumulators(&mut self, members: &[&MemberId], keys: &[PeriodKey]) -> Result<Accumulators> {
+        load_accumulators(&mut self.conn, members, keys).await
+    }
+
+    /// Appends settlements with their layers, and adds their changes to the accumulators and the
+    /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
+    pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
+        let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX / 2) {
+            let mut sql = String::from(
+                "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
+                 total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
+            );
+            sql.push_str(&values_placeholders(chunk.len(), 12));
+            // Row order of RETURNING is not defined: the key maps each number back.
+            sql.push_str(" RETURNING seq, hospital_id, claim_id");
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                let s = r.settlement;
+                query = query
+                    .bind(s.hospital_id.as_str())
+                    .bind(s.claim_id.as_str())
+                    .bind(s.member_id.as_str())
+                    .bind(format_date(s.service_date))
+                    .bind(s.category.as_str())
+                    .bind(r.claim_json)
+                    .bind(fen(s.total_cost, "settlements")?)
+                    .bind(fen(s.upstream_total, "settlements")?)
+                    .bind(fen(s.payout_total, "settlements")?)
+                    .bind(fen(s.out_of_pocket, "settlements")?)
+                    .bind(reasons_text(&s.reasons))
+                    .bind(r.settled_at);
+            }
+            for row in query.fetch_all(&mut self.conn).await? {
+                seqs.insert(
+                    (row.try_get("hospital_id")?, row.try_get("claim_id")?),
+                    row.try_get("seq")?,
+                );
+            }
+        }
+        let mut ordered = Vec::with_capacity(rows.len());
+        for r in rows {
+            let key = (r.settlement.hospital_id.to_string(), r.settlement.claim_id.to_string());
+            let seq = seqs
+                .get(&key)
+                .copied()
+                .ok_or_else(|| corrupt("settlements", "an inserted settlement returned no sequence number"))?;
+            ordered.push(seq);
+        }
+        let layers: Vec<(i64, usize, &LayerResult)> = rows
+            .iter()
+            .zip(&ordered)
+            .flat_map(|(r, seq)| r.settlement.layers.iter().enumerate().map(move |(i, l)| (*seq, i, l)))
+            .collect();
+        for chunk in layers.chunks(ROWS_PER_STATEMENT_MAX) {
             let mut sql = String::from(
                 "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
                  terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) VALUES ",
             );
-            sql.push_str(&values_placeholders(s.layers.len(), 12));
+            sql.push_str(&values_placeholders(chunk.len(), 12));
             let mut query = sqlx::query(&sql);
-            for (i, l) in s.layers.iter().enumerate() {
+            for (seq, i, l) in chunk {
                 query = query
-                    .bind(seq)
-                    .bind(i as i64)
+                    .bind(*seq)
+                    .bind(*i as i64)
                     .bind(l.product.as_str())
                     .bind(format_date(l.period_start))
                     .bind(format_date(l.period_end))
@@ -347,9 +421,9 @@ impl Writer {
             }
             query.execute(&mut self.conn).await?;
         }
-        self.add_to_totals(s, 1).await?;
-        self.apply_changes(s, 1).await?;
-        Ok(seq)
+        let settlements: Vec<&Settlement> = rows.iter().map(|r| r.settlement).collect();
+        self.add_to_running_figures(&settlements, 1).await?;
+        Ok(ordered)
     }
 
     /// Appends the reversal of settlement `seq` and takes its changes back.
@@ -359,57 +433,65 @@ impl Writer {
             .bind(reversed_at)
             .execute(&mut self.conn)
             .await?;
-        self.add_to_totals(s, -1).await?;
-        self.apply_changes(s, -1).await
+        self.add_to_running_figures(&[s], -1).await
     }
 
-    /// Adds (`sign` 1) or takes back (-1) a settlement's payouts in the loss-ratio totals.
-    async fn add_to_totals(&mut self, s: &Settlement, sign: i64) -> Result<()> {
-        for l in s.layers.iter().filter(|l| !l.payout.is_zero()) {
+    /// Adds (`sign` 1) or takes back (-1) settlements' changes to the accumulators and their payouts
+    /// to the loss-ratio totals: one upsert for the accumulators, one update per product period.
+    async fn add_to_running_figures(&mut self, settlements: &[&Settlement], sign: i64) -> Result<()> {
+        let mut usage: BTreeMap<(&MemberId, &PeriodKey, &BenefitCode), BenefitUsage> = BTreeMap::new();
+        let mut totals: BTreeMap<PeriodKey, (Decimal, i64)> = BTreeMap::new();
+        for s in settlements {
+            for c in &s.changes.entries {
+                usage
+                    .entry((&s.member_id, &c.period, &c.benefit))
+                    .or_default()
+                    .add(&c.delta);
+            }
+            for l in s.layers.iter().filter(|l| !l.payout.is_zero()) {
+                let t = totals.entry(l.key()).or_default();
+                t.0 += l.payout;
+                t.1 += 1;
+            }
+        }
+        let usage: Vec<_> = usage.into_iter().collect();
+        for chunk in usage.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut sql = String::from(
+                "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
+                 deductible_used_fen, band_position_fen, paid_fen) VALUES ",
+            );
+            sql.push_str(&values_placeholders(chunk.len(), 7));
+            sql.push_str(
+                " ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
+                 deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
+                 band_position_fen = accumulators.band_position_fen + excluded.band_position_fen, \
+                 paid_fen = accumulators.paid_fen + excluded.paid_fen",
+            );
+            let mut query = sqlx::query(&sql);
+            for ((member, period, benefit), delta) in chunk {
+                query = query
+                    .bind(member.as_str())
+                    .bind(period.product.as_str())
+                    .bind(format_date(period.start))
+                    .bind(benefit.as_str())
+                    .bind(sign * fen(delta.deductible_used, "accumulators")?)
+                    .bind(sign * fen(delta.band_position, "accumulators")?)
+                    .bind(sign * fen(delta.paid, "accumulators")?);
+            }
+            query.execute(&mut self.conn).await?;
+        }
+        for (key, (paid, claims)) in totals {
             sqlx::query(
                 "UPDATE product_totals SET paid_fen = paid_fen + $1, paid_claims = paid_claims + $2 \
                  WHERE product_code = $3 AND period_start = $4",
             )
-            .bind(sign * fen(l.payout, "product_totals")?)
-            .bind(sign)
-            .bind(l.product.as_str())
-            .bind(format_date(l.period_start))
+            .bind(sign * fen(paid, "product_totals")?)
+            .bind(sign * claims)
+            .bind(key.product.as_str())
+            .bind(format_date(key.start))
             .execute(&mut self.conn)
             .await?;
         }
-        Ok(())
-    }
-
-    /// Adds (`sign` 1) or takes back (-1) a settlement's accumulator changes, in one statement (a
-    /// settlement changes each (period, benefit) at most once).
-    async fn apply_changes(&mut self, s: &Settlement, sign: i64) -> Result<()> {
-        let entries = &s.changes.entries;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut sql = String::from(
-            "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
-             deductible_used_fen, band_position_fen, paid_fen) VALUES ",
-        );
-        sql.push_str(&values_placeholders(entries.len(), 7));
-        sql.push_str(
-            " ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
-             deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
-             band_position_fen = accumulators.band_position_fen + excluded.band_position_fen, \
-             paid_fen = accumulators.paid_fen + excluded.paid_fen",
-        );
-        let mut query = sqlx::query(&sql);
-        for c in entries {
-            query = query
-                .bind(s.member_id.as_str())
-                .bind(c.period.product.as_str())
-                .bind(format_date(c.period.start))
-                .bind(c.benefit.as_str())
-                .bind(sign * fen(c.delta.deductible_used, "accumulators")?)
-                .bind(sign * fen(c.delta.band_position, "accumulators")?)
-                .bind(sign * fen(c.delta.paid, "accumulators")?);
-        }
-        query.execute(&mut self.conn).await?;
         Ok(())
     }
 
@@ -528,37 +610,62 @@ async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
     Ok(catalogue)
 }
 
-/// The member with categories and enrollments, in one query: the writer reads it for every claim.
-async fn load_member(conn: &mut AnyConnection, member_id: &MemberId) -> Result<Option<Member>> {
-    let rows = sqlx::query(
-        "SELECT 'm' AS kind, '' AS a, '' AS b, 0 AS n FROM members WHERE member_id = $1 \
-         UNION ALL SELECT 'c', effective_date, category, 0 FROM member_categories WHERE member_id = $1 \
-         UNION ALL SELECT 'e', product_code, period_start, premium_fen FROM enrollments WHERE member_id = $1",
-    )
-    .bind(member_id.as_str())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut member = Member::new(member_id.clone());
-    let mut exists = false;
+/// Members with categories and enrollments, in one query: the writer reads them for every batch.
+async fn load_members(
+    conn: &mut AnyConnection,
+    ids: &[&MemberId],
+    found: &mut HashMap<MemberId, Member>,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let list = list.join(", ");
+    let sql = format!(
+        "SELECT member_id, 'm' AS kind, '' AS a, '' AS b, 0 AS n FROM members WHERE member_id IN ({list}) \
+         UNION ALL SELECT member_id, 'c', effective_date, category, 0 FROM member_categories \
+         WHERE member_id IN ({list}) \
+         UNION ALL SELECT member_id, 'e', product_code, period_start, premium_fen FROM enrollments \
+         WHERE member_id IN ({list})"
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id.as_str());
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut members: HashMap<String, (bool, Member)> = HashMap::new();
     for row in rows {
+        let id: String = row.try_get("member_id")?;
+        let entry = match members.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let member_id = MemberId::parse(v.key()).map_err(|e| corrupt("members", e))?;
+                v.insert((false, Member::new(member_id)))
+            }
+        };
         let kind: String = row.try_get("kind")?;
         let a: String = row.try_get("a")?;
         let b: String = row.try_get("b")?;
         match kind.as_str() {
-            "m" => exists = true,
+            "m" => entry.0 = true,
             "c" => {
                 let date = date_col(&a, "member_categories")?;
                 let category = Category::from_str(&b).map_err(|e| corrupt("member_categories", e))?;
-                member.categories.set(date, category);
+                entry.1.categories.set(date, category);
             }
             _ => {
                 let key = period_key(&a, &b, "enrollments")?;
                 let premium = Money::from_fen(row.try_get("n")?).map_err(|e| corrupt("enrollments", e))?;
-                member.enrollments.insert(key, premium);
+                entry.1.enrollments.insert(key, premium);
             }
         }
     }
-    Ok(exists.then_some(member))
+    for (exists, member) in members.into_values() {
+        if exists {
+            found.insert(member.id.clone(), member);
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result<PeriodKey> {
@@ -568,30 +675,37 @@ pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result
     })
 }
 
-/// One member's usage in `keys`, plus each period's aggregate paid, as an in-memory book the engine
-/// reads; one query.
-async fn load_accumulators(conn: &mut AnyConnection, member_id: &MemberId, keys: &[PeriodKey]) -> Result<Accumulators> {
+/// The usage of `members` in `keys`, plus each period's total paid by all members, as an in-memory
+/// book the engine reads; one query.
+async fn load_accumulators(
+    conn: &mut AnyConnection,
+    members: &[&MemberId],
+    keys: &[PeriodKey],
+) -> Result<Accumulators> {
     let mut acc = Accumulators::new();
-    if keys.is_empty() {
+    if keys.is_empty() || members.is_empty() {
         return Ok(acc);
     }
-    // Rows with an empty benefit code are the periods' running totals.
-    let mut sql = String::from(
-        "SELECT product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, paid_fen \
-         FROM accumulators WHERE member_id = $1 UNION ALL \
-         SELECT product_code, period_start, '' AS benefit_code, 0, 0, paid_fen FROM product_totals WHERE ",
+    let member_list: Vec<String> = (1..=members.len()).map(|i| format!("${i}")).collect();
+    let key_clauses: Vec<String> = (0..keys.len())
+        .map(|i| {
+            let p = members.len() + 2 * i;
+            format!("(product_code = ${} AND period_start = ${})", p + 1, p + 2)
+        })
+        .collect();
+    // Rows with an empty member id are the periods' running totals.
+    let sql = format!(
+        "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, \
+         paid_fen FROM accumulators WHERE member_id IN ({}) UNION ALL \
+         SELECT '' AS member_id, product_code, period_start, '' AS benefit_code, 0, 0, paid_fen \
+         FROM product_totals WHERE {}",
+        member_list.join(", "),
+        key_clauses.join(" OR ")
     );
-    for i in 0..keys.len() {
-        if i > 0 {
-            sql.push_str(" OR ");
-        }
-        sql.push_str(&format!(
-            "(product_code = ${} AND period_start = ${})",
-            2 * i + 2,
-            2 * i + 3
-        ));
+    let mut query = sqlx::query(&sql);
+    for m in members {
+        query = query.bind(m.as_str());
     }
-    let mut query = sqlx::query(&sql).bind(member_id.as_str());
     for key in keys {
         query = query.bind(key.product.as_str()).bind(format_date(key.start));
     }
@@ -603,27 +717,29 @@ async fn load_accumulators(conn: &mut AnyConnection, member_id: &MemberId, keys:
             &row.try_get::<String, _>("period_start")?,
             "accumulators",
         )?;
-        let benefit: String = row.try_get("benefit_code")?;
-        if benefit.is_empty() {
+        let member: String = row.try_get("member_id")?;
+        if member.is_empty() {
             totals.push((key, from_fen(row.try_get("paid_fen")?)));
             continue;
         }
         if !keys.contains(&key) {
             continue;
         }
-        let benefit = BenefitCode::parse(&benefit).map_err(|e| corrupt("accumulators", e))?;
+        let member = MemberId::parse(&member).map_err(|e| corrupt("accumulators", e))?;
+        let benefit =
+            BenefitCode::parse(&row.try_get::<String, _>("benefit_code")?).map_err(|e| corrupt("accumulators", e))?;
         let usage = BenefitUsage {
             deductible_used: from_fen(row.try_get("deductible_used_fen")?),
             band_position: from_fen(row.try_get("band_position_fen")?),
             paid: from_fen(row.try_get("paid_fen")?),
         };
-        acc.add(member_id, &key, &benefit, &usage);
+        acc.add(&member, &key, &benefit, &usage);
     }
-    // Other members' payouts count towards aggregate caps: the period's stored total less this
-    // member's part.
+    // Other members' payouts count towards aggregate caps: the period's stored total less the part
+    // of the members loaded.
     for (key, total) in totals {
-        let own = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
-        let others = total - own;
+        let loaded = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
+        let others = total - loaded;
         if !others.is_zero() {
             acc.add_period_paid(&key, others);
         }
