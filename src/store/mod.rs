@@ -78,9 +78,11 @@ pub fn now_text() -> String {
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
-/// Rows (or keys) per multi-row statement: well below SQLite's 32,766 and PostgreSQL's 65,535 bound
-/// parameters at 12 columns.
-const ROWS_PER_STATEMENT_MAX: usize = 400;
+/// Rows (or keys) per multi-row statement. Small on purpose: SQLite looks bound parameters up by
+/// name in a list (`sqlite3_bind_parameter_name`), so binding n parameters costs n², which made 400
+/// rows of 12 columns slower than many small statements. 32 rows keep a statement under 400
+/// parameters, and the few sizes keep the prepared-statement cache warm.
+const ROWS_PER_STATEMENT_MAX: usize = 32;
 
 /// A settlement to append.
 pub struct NewSettlement<'a> {
@@ -351,7 +353,7 @@ impl Writer {
     /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
     pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
-        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX / 2) {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
             let mut sql = String::from(
                 "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
                  total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
@@ -676,7 +678,7 @@ pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result
 }
 
 /// The usage of `members` in `keys`, plus each period's total paid by all members, as an in-memory
-/// book the engine reads; one query.
+/// book the engine reads.
 async fn load_accumulators(
     conn: &mut AnyConnection,
     members: &[&MemberId],
@@ -686,62 +688,63 @@ async fn load_accumulators(
     if keys.is_empty() || members.is_empty() {
         return Ok(acc);
     }
-    let member_list: Vec<String> = (1..=members.len()).map(|i| format!("${i}")).collect();
-    let key_clauses: Vec<String> = (0..keys.len())
-        .map(|i| {
-            let p = members.len() + 2 * i;
-            format!("(product_code = ${} AND period_start = ${})", p + 1, p + 2)
-        })
-        .collect();
-    // Rows with an empty member id are the periods' running totals.
-    let sql = format!(
-        "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, \
-         paid_fen FROM accumulators WHERE member_id IN ({}) UNION ALL \
-         SELECT '' AS member_id, product_code, period_start, '' AS benefit_code, 0, 0, paid_fen \
-         FROM product_totals WHERE {}",
-        member_list.join(", "),
-        key_clauses.join(" OR ")
-    );
-    let mut query = sqlx::query(&sql);
-    for m in members {
-        query = query.bind(m.as_str());
-    }
-    for key in keys {
-        query = query.bind(key.product.as_str()).bind(format_date(key.start));
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut totals = Vec::with_capacity(keys.len());
-    for row in rows {
-        let key = period_key(
-            &row.try_get::<String, _>("product_code")?,
-            &row.try_get::<String, _>("period_start")?,
-            "accumulators",
-        )?;
-        let member: String = row.try_get("member_id")?;
-        if member.is_empty() {
-            totals.push((key, from_fen(row.try_get("paid_fen")?)));
-            continue;
+    for chunk in members.chunks(ROWS_PER_STATEMENT_MAX) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, \
+             paid_fen FROM accumulators WHERE member_id IN ({})",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for m in chunk {
+            query = query.bind(m.as_str());
         }
-        if !keys.contains(&key) {
-            continue;
+        for row in query.fetch_all(&mut *conn).await? {
+            let key = period_key(
+                &row.try_get::<String, _>("product_code")?,
+                &row.try_get::<String, _>("period_start")?,
+                "accumulators",
+            )?;
+            if !keys.contains(&key) {
+                continue;
+            }
+            let member =
+                MemberId::parse(&row.try_get::<String, _>("member_id")?).map_err(|e| corrupt("accumulators", e))?;
+            let benefit = BenefitCode::parse(&row.try_get::<String, _>("benefit_code")?)
+                .map_err(|e| corrupt("accumulators", e))?;
+            let usage = BenefitUsage {
+                deductible_used: from_fen(row.try_get("deductible_used_fen")?),
+                band_position: from_fen(row.try_get("band_position_fen")?),
+                paid: from_fen(row.try_get("paid_fen")?),
+            };
+            acc.add(&member, &key, &benefit, &usage);
         }
-        let member = MemberId::parse(&member).map_err(|e| corrupt("accumulators", e))?;
-        let benefit =
-            BenefitCode::parse(&row.try_get::<String, _>("benefit_code")?).map_err(|e| corrupt("accumulators", e))?;
-        let usage = BenefitUsage {
-            deductible_used: from_fen(row.try_get("deductible_used_fen")?),
-            band_position: from_fen(row.try_get("band_position_fen")?),
-            paid: from_fen(row.try_get("paid_fen")?),
-        };
-        acc.add(&member, &key, &benefit, &usage);
     }
-    // Other members' payouts count towards aggregate caps: the period's stored total less the part
+    // Other members' payouts count towards aggregate caps: each period's stored total less the part
     // of the members loaded.
-    for (key, total) in totals {
-        let loaded = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
-        let others = total - loaded;
-        if !others.is_zero() {
-            acc.add_period_paid(&key, others);
+    for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+        let clauses: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(product_code = ${} AND period_start = ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "SELECT product_code, period_start, paid_fen FROM product_totals WHERE {}",
+            clauses.join(" OR ")
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(key.product.as_str()).bind(format_date(key.start));
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let key = period_key(
+                &row.try_get::<String, _>("product_code")?,
+                &row.try_get::<String, _>("period_start")?,
+                "product_totals",
+            )?;
+            let total = from_fen(row.try_get("paid_fen")?);
+            let loaded = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
+            if total != loaded {
+                acc.add_period_paid(&key, total - loaded);
+            }
         }
     }
     Ok(acc)
