@@ -41,6 +41,8 @@ enum_text!(cause_text, proto::Cause, "CAUSE_");
 enum_text!(expense_class_text, proto::ExpenseClass, "EXPENSE_CLASS_");
 enum_text!(upstream_kind_text, proto::UpstreamKind, "UPSTREAM_KIND_");
 enum_text!(category_text, proto::Category, "CATEGORY_");
+enum_text!(reason_text, proto::Reason, "REASON_");
+enum_text!(apply_outcome_text, proto::ApplyOutcome, "APPLY_OUTCOME_");
 
 /// Looks a domain spelling up as a proto enum value.
 macro_rules! enum_value {

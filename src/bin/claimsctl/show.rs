@@ -48,37 +48,7 @@ pub fn status_text(status: &tonic::Status) -> String {
     }
 }
 
-/// A proto enum value by its name without the type prefix; `""` for UNSPECIFIED, `#n` for a number
-/// this client does not know (a newer server).
-fn bare_name(name: Option<&str>, prefix: &str, value: i32) -> String {
-    match name {
-        Some(n) => {
-            let bare = n.strip_prefix(prefix).unwrap_or(n);
-            if bare == "UNSPECIFIED" {
-                String::new()
-            } else {
-                bare.to_owned()
-            }
-        }
-        None => format!("#{value}"),
-    }
-}
-
-pub fn reason_name(value: i32) -> String {
-    bare_name(
-        proto::Reason::try_from(value).ok().map(|r| r.as_str_name()),
-        "REASON_",
-        value,
-    )
-}
-
-pub fn outcome_name(value: i32) -> String {
-    bare_name(
-        proto::ApplyOutcome::try_from(value).ok().map(|r| r.as_str_name()),
-        "APPLY_OUTCOME_",
-        value,
-    )
-}
+pub use claims::api::convert::{apply_outcome_text as outcome_name, reason_text as reason_name};
 
 pub fn reasons(values: &[i32]) -> String {
     values.iter().map(|r| reason_name(*r)).collect::<Vec<_>>().join(", ")
