@@ -238,55 +238,6 @@ pub const TIANYI: &str = "cixi-tianyi-yongning-bao";
 pub const STOP_LOSS: &str = "cixi-burden-stop-loss";
 pub const CIXI_START: &str = "2022-01-01";
 
-/// H1-0001: inpatient, total 116,500.00.
-pub fn claim_a1(hospital: &str, id: &str) -> ClaimRequest {
-    claim(
-        hospital,
-        id,
-        "M1",
-        "2022-03-10",
-        "INPATIENT",
-        "",
-        &[
-            ("IN_SCOPE", "80000.00"),
-            ("B_SELF_PAY", "6000.00"),
-            ("OUT_OF_CATALOGUE", "30000.00"),
-            ("NON_COMPLIANT", "500.00"),
-        ],
-        &[("BASIC", "48000.00"), ("CRITICAL_ILLNESS", "12000.00")],
-    )
-}
-
-/// H1-0002: outpatient CHRONIC, IN_SCOPE 30,000.00, BASIC 15,000.00.
-pub fn claim_a2(hospital: &str, id: &str) -> ClaimRequest {
-    claim(
-        hospital,
-        id,
-        "M1",
-        "2022-04-02",
-        "OUTPATIENT/CHRONIC",
-        "",
-        &[("IN_SCOPE", "30000.00")],
-        &[("BASIC", "15000.00")],
-    )
-}
-
-/// H1-0003 (and H1-0004): outpatient, IN_SCOPE 20,000.00, OUT_OF_CATALOGUE 1,234.56, BASIC 8,000.00.
-pub fn claim_a3(hospital: &str, id: &str) -> ClaimRequest {
-    claim(
-        hospital,
-        id,
-        "M1",
-        "2022-05-03",
-        "OUTPATIENT",
-        "",
-        &[("IN_SCOPE", "20000.00"), ("OUT_OF_CATALOGUE", "1234.56")],
-        &[("BASIC", "8000.00")],
-    )
-}
-
-// Worked example B (Zhongning 2020), member M2 AT_RISK.
-
 pub const ZN: &str = "zhongning-anti-poverty";
 pub const ZN_START: &str = "2020-04-26";
 

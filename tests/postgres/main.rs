@@ -72,41 +72,9 @@ async fn worked_example_a_idempotency_and_reversal_on_postgres() {
     let url = fresh_database().await;
     let app = spawn_pg_app(&url).await;
     enroll_cixi(&app, "M1", "DIBAO").await;
-    let c1 = claim(
-        "H1",
-        "H1-0001",
-        "M1",
-        "2022-03-10",
-        "INPATIENT",
-        "",
-        &[
-            ("IN_SCOPE", "80000.00"),
-            ("B_SELF_PAY", "6000.00"),
-            ("OUT_OF_CATALOGUE", "30000.00"),
-            ("NON_COMPLIANT", "500.00"),
-        ],
-        &[("BASIC", "48000.00"), ("CRITICAL_ILLNESS", "12000.00")],
-    );
-    let c2 = claim(
-        "H1",
-        "H1-0002",
-        "M1",
-        "2022-04-02",
-        "OUTPATIENT/CHRONIC",
-        "",
-        &[("IN_SCOPE", "30000.00")],
-        &[("BASIC", "15000.00")],
-    );
-    let c3 = claim(
-        "H1",
-        "H1-0003",
-        "M1",
-        "2022-05-20",
-        "OUTPATIENT",
-        "",
-        &[("IN_SCOPE", "20000.00"), ("OUT_OF_CATALOGUE", "1234.56")],
-        &[("BASIC", "8000.00")],
-    );
+    let c1 = claim_a1("H1", "H1-0001");
+    let c2 = claim_a2("H1", "H1-0002");
+    let c3 = claim_a3("H1", "H1-0003");
     let replies = settle_stream(&app, vec![c1.clone(), c2, c3.clone()]).await;
     let ids: Vec<&str> = replies.iter().map(|r| r.claim_id.as_str()).collect();
     assert_eq!(ids, ["H1-0001", "H1-0002", "H1-0003"]);
