@@ -26,23 +26,23 @@ use crate::support::{
     catalogue_with, check_db, date_in, export_all, fen_text, key_of, member, replay, stored_counts, XorShift,
 };
 
-const MEMBERS: usize = 20;
+pub(crate) const MEMBERS: usize = 20;
 const CLAIMS: usize = 2_000;
 /// Replies received before the server is killed.
 const KILL_AFTER: usize = 300;
-const CIXI_START: &str = "2022-01-01";
+pub(crate) const CIXI_START: &str = "2022-01-01";
 /// Each Cixi 2022 claim goes through the four Cixi layers.
 const LAYERS: usize = 4;
 
 /// A `claimsd` child process, killed (SIGKILL) and reaped when dropped, also when a test panics.
-struct Server {
-    child: Child,
-    port: u16,
-    stderr: PathBuf,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+    pub(crate) stderr: PathBuf,
 }
 
 impl Server {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -67,7 +67,7 @@ fn free_port() -> u16 {
 
 /// Starts `claimsd` on a free port with the database in `dir` and waits until it accepts gRPC
 /// connections.
-async fn start_server(dir: &Path, run: &str) -> (Server, Channel) {
+pub(crate) async fn start_server(dir: &Path, run: &str) -> (Server, Channel) {
     let port = free_port();
     let stdout = dir.join(format!("claimsd-{run}.stdout"));
     let stderr = dir.join(format!("claimsd-{run}.stderr"));
@@ -101,11 +101,11 @@ async fn start_server(dir: &Path, run: &str) -> (Server, Channel) {
     }
 }
 
-fn member_id(i: usize) -> String {
+pub(crate) fn member_id(i: usize) -> String {
     format!("CM{i:02}")
 }
 
-fn random_claim(rng: &mut XorShift, i: usize) -> ClaimRequest {
+pub(crate) fn random_claim(rng: &mut XorShift, i: usize) -> ClaimRequest {
     let member = member_id(rng.below(MEMBERS as u64) as usize);
     let hospital = *rng.pick(&["H1", "H2"]);
     let date = date_in(rng, 2022);
