@@ -132,10 +132,14 @@ impl Application {
         health.set_serving::<TermsServiceServer<TermsApi>>().await;
         health.set_serving::<MemberServiceServer<MemberApi>>().await;
         health.set_serving::<ReportServiceServer<ReportApi>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both reflection versions: grpcurl and older tools ask for v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let max = settings.max_message_bytes;
         let store = ledger.store().clone();
 
@@ -154,7 +158,8 @@ impl Application {
         };
         let serve = Server::builder()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 SettlementServiceServer::new(SettlementApi::new(ledger.clone()))
                     .max_decoding_message_size(max)

@@ -80,3 +80,33 @@ async fn reflection_lists_every_service() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn reflection_v1alpha_is_served_for_older_tools() {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaReflectionRequest;
+
+    let app = spawn_app().await;
+    let mut reflection = AlphaClient::new(app.channel().await);
+    let request = AlphaReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1alpha reflection stream")
+        .into_inner();
+    let response = tokio::time::timeout(STREAM_WAIT, responses.next())
+        .await
+        .expect("an answer in time")
+        .expect("an answer")
+        .expect("no error");
+    let Some(AlphaResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    assert!(list.service.iter().any(|s| s.name == "claims.v1.SettlementService"));
+    app.stop().await;
+}
