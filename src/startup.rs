@@ -37,6 +37,9 @@ pub struct Settings {
     pub db_connections_max: u32,
     /// How long a SIGTERM waits for in-flight streams before stopping anyway.
     pub drain_timeout: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`); none: not served. At most one server per
+    /// process may serve them (the recorder is global).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             ledger: LedgerConfig::default(),
             db_connections_max: 8,
             drain_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
@@ -67,6 +71,8 @@ pub enum StartupError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// A built server, listening but not yet serving.
@@ -86,6 +92,13 @@ impl Application {
         let (ledger, writer) = Ledger::start(store, settings.ledger).await?;
         if let Some(dir) = &settings.terms_dir {
             apply_terms_dir(&ledger, dir).await?;
+        }
+        if let Some(addr) = settings.metrics_listen {
+            crate::telemetry::serve_metrics(addr).map_err(StartupError::Metrics)?;
+            // The loss-ratio gauges start from the stored figures; commits keep them current.
+            for (key, figures, _) in ledger.store().loss_ratios(None, None).await? {
+                crate::telemetry::record_loss_ratio(&key, &figures);
+            }
         }
         let listener = TcpListener::bind(settings.listen)
             .await

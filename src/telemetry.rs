@@ -2,7 +2,12 @@
 //! never reaches a log field: the service never receives the first two, spans carry only ids that
 //! are pseudonymous (member ids refuse ID-number shapes), and requests are never logged whole.
 
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::domain::{format_date, LossRatio, PeriodKey};
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), `CLAIMS_LOG_FORMAT=json`
 /// switches to JSON lines.
@@ -17,5 +22,51 @@ pub fn init() {
     };
     if let Err(e) = result {
         eprintln!("logging was already set up: {e}");
+    }
+}
+
+/// Serves Prometheus metrics at `http://<addr>/metrics` and makes this process record them. Once per
+/// process; without it, the recording macros cost next to nothing.
+///
+/// Metrics (labels name products and outcomes, never members):
+/// - `claims_settle_requests_total{rpc, outcome}`: settled, replayed, refused (by gRPC code)
+/// - `claims_settle_seconds{rpc}`: from receiving a claim to sending its reply (after its commit)
+/// - `claims_ledger_batch_commands`, `claims_ledger_batch_seconds`: group commits
+/// - `claims_ledger_batches_failed_total`
+/// - `claims_loss_ratio`, `claims_paid_yuan`, `claims_written_premium_yuan`, `claims_paid_claims`
+///   `{product, period_start}`: the running loss-ratio figures, set after each commit
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("claims_ledger_batch_commands".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| format!("metrics on {addr}: {e}"))
+}
+
+/// Sets the loss-ratio gauges of one product period.
+pub fn record_loss_ratio(key: &PeriodKey, figures: &LossRatio) {
+    let labels = [
+        ("product", key.product.to_string()),
+        ("period_start", format_date(key.start)),
+    ];
+    // Prometheus samples are floats: the exact figures stay Decimal everywhere else.
+    let yuan = |d: rust_decimal::Decimal| d.to_string().parse::<f64>().unwrap_or(f64::NAN);
+    metrics::gauge!("claims_paid_yuan", &labels).set(yuan(figures.paid));
+    metrics::gauge!("claims_written_premium_yuan", &labels).set(yuan(figures.written_premium));
+    metrics::gauge!("claims_paid_claims", &labels).set(figures.paid_claims as f64);
+    if let Some(ratio) = figures.ratio() {
+        metrics::gauge!("claims_loss_ratio", &labels).set(yuan(ratio));
     }
 }

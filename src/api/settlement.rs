@@ -1,6 +1,7 @@
 //! `SettlementService`: settle (stream and unary), preview, reverse, get.
 
 use std::pin::Pin;
+use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -67,7 +68,29 @@ enum InFlight {
     Failed(Status),
     /// Boxed: a reply is far larger than a queued entry, and most entries are queued.
     Ready(Box<proto::SettlementReply>),
-    Queued(String, Pending),
+    Queued(String, Pending, Instant),
+}
+
+/// Counts a settle request by outcome and records how long it took, receipt to reply.
+fn record(rpc: &'static str, outcome: &Result<Settled, Status>, received: Instant) {
+    let outcome = match outcome {
+        Ok(s) if s.replay => "replayed",
+        Ok(_) => "settled",
+        Err(status) => code_label(status.code()),
+    };
+    metrics::counter!("claims_settle_requests_total", "rpc" => rpc, "outcome" => outcome).increment(1);
+    metrics::histogram!("claims_settle_seconds", "rpc" => rpc).record(received.elapsed().as_secs_f64());
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "other_error",
+    }
 }
 
 fn reply_of(claim_id: String, answer: Result<Settled, Status>) -> proto::SettlementReply {
@@ -121,15 +144,23 @@ impl SettlementService for SettlementApi {
                         break;
                     }
                 };
+                let received = Instant::now();
                 let entry = match parse_claim(&request) {
-                    Err(errors) => InFlight::Ready(Box::new(proto::SettlementReply {
-                        claim_id: request.claim_id.clone(),
-                        result: Some(proto::settlement_reply::Result::Error(detail_of_fields(&errors))),
-                        replay: false,
-                    })),
+                    Err(errors) => {
+                        record("Settle", &Err(invalid(&errors)), received);
+                        InFlight::Ready(Box::new(proto::SettlementReply {
+                            claim_id: request.claim_id.clone(),
+                            result: Some(proto::settlement_reply::Result::Error(detail_of_fields(&errors))),
+                            replay: false,
+                        }))
+                    }
                     Ok(claim) => match ledger.enqueue_settle(claim).await {
-                        Ok(pending) => InFlight::Queued(request.claim_id.clone(), pending),
-                        Err(e) => InFlight::Ready(Box::new(reply_of(request.claim_id.clone(), Err(status(&e))))),
+                        Ok(pending) => InFlight::Queued(request.claim_id.clone(), pending, received),
+                        Err(e) => {
+                            let answer = Err(status(&e));
+                            record("Settle", &answer, received);
+                            InFlight::Ready(Box::new(reply_of(request.claim_id.clone(), answer)))
+                        }
                     },
                 };
                 if in_flight_tx.send(entry).await.is_err() {
@@ -147,7 +178,11 @@ impl SettlementService for SettlementApi {
                         break;
                     }
                     InFlight::Ready(reply) => *reply,
-                    InFlight::Queued(claim_id, pending) => reply_of(claim_id, settled(pending).await),
+                    InFlight::Queued(claim_id, pending, received) => {
+                        let answer = settled(pending).await;
+                        record("Settle", &answer, received);
+                        reply_of(claim_id, answer)
+                    }
                 };
                 if out_tx.send(Ok(reply)).await.is_err() {
                     // The client went away; what was committed stays committed and replays on resubmission.
@@ -163,8 +198,13 @@ impl SettlementService for SettlementApi {
         &self,
         request: Request<proto::ClaimRequest>,
     ) -> Result<Response<proto::SettleResponse>, Status> {
-        let claim = parse_claim(request.get_ref()).map_err(|e| invalid(&e))?;
-        let settled = self.ledger.settle(claim).await.map_err(|e| status(&e))?;
+        let received = Instant::now();
+        let answer = match parse_claim(request.get_ref()) {
+            Ok(claim) => self.ledger.settle(claim).await.map_err(|e| status(&e)),
+            Err(errors) => Err(invalid(&errors)),
+        };
+        record("SettleOne", &answer, received);
+        let settled = answer?;
         Ok(Response::new(proto::SettleResponse {
             settlement: Some(stored_to_proto(&settled.stored)),
             replay: settled.replay,

@@ -42,6 +42,10 @@ struct Args {
     /// Seconds a SIGTERM waits for open streams to finish before stopping anyway.
     #[arg(long, env = "CLAIMS_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
+    /// Address to serve Prometheus metrics on (http://ADDR/metrics), e.g. 0.0.0.0:9464. Not served
+    /// when absent.
+    #[arg(long, env = "CLAIMS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -59,6 +63,7 @@ async fn main() -> std::process::ExitCode {
         },
         db_connections_max: args.db_connections,
         drain_timeout: Duration::from_secs(args.drain_seconds),
+        metrics_listen: args.metrics_listen,
     };
     let app = match Application::build(settings).await {
         Ok(app) => app,

@@ -285,17 +285,17 @@ impl WriterTask {
 
     /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers.
     async fn publish(&mut self, touched: &BTreeSet<PeriodKey>) {
-        if touched.is_empty() || self.loss_ratio.receiver_count() == 0 {
-            return;
-        }
         for key in touched {
             match self.writer.loss_ratio(key).await {
                 Ok(Some((figures, enrolled_members))) => {
-                    let _ = self.loss_ratio.send(LossRatioEvent {
-                        key: key.clone(),
-                        figures,
-                        enrolled_members,
-                    });
+                    crate::telemetry::record_loss_ratio(key, &figures);
+                    if self.loss_ratio.receiver_count() > 0 {
+                        let _ = self.loss_ratio.send(LossRatioEvent {
+                            key: key.clone(),
+                            figures,
+                            enrolled_members,
+                        });
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
@@ -315,6 +315,8 @@ impl WriterTask {
         let mut effects = BatchEffects::default();
         let mut touched = BTreeSet::new();
         let mut answers: Vec<(Reply, Result<Response, LedgerError>)> = Vec::with_capacity(batch.len());
+        let started = std::time::Instant::now();
+        let commands = batch.len();
         let outcome = self.run_batch(batch, &mut effects, &mut touched, &mut answers).await;
         let committed = match outcome {
             Ok(()) => match self.writer.commit().await {
@@ -332,7 +334,10 @@ impl WriterTask {
                 false
             }
         };
+        metrics::histogram!("claims_ledger_batch_commands").record(commands as f64);
+        metrics::histogram!("claims_ledger_batch_seconds").record(started.elapsed().as_secs_f64());
         if !committed {
+            metrics::counter!("claims_ledger_batches_failed_total").increment(1);
             // Nothing of this batch is stored: the catalogue changes are dropped with `effects`,
             // and every command gets UNAVAILABLE so that callers retry (resubmission is safe).
             for (reply, _) in answers {

@@ -1,0 +1,80 @@
+//! Prometheus metrics: served over HTTP, counting settlements by outcome, with loss-ratio gauges
+//! and no member ids. A test binary of its own: the recorder is process-wide, and other tests
+//! settling at the same time would change the counts.
+// A panic is a failed test; the shared harness has an eight-argument `claim(...)`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::too_many_arguments)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+
+async fn scrape(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    body
+}
+
+#[tokio::test]
+async fn metrics_count_settlements_and_show_loss_ratios_without_member_ids() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let app = spawn_app_with(|s| s.metrics_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"))).await;
+    enroll_cixi(&app, "M1", "DIBAO").await;
+    let mut client = app.settlements().await;
+    client.settle_one(claim_a1("H1", "H1-0001")).await.expect("settles");
+    client.settle_one(claim_a1("H1", "H1-0001")).await.expect("replays");
+    let mut bad = claim_a1("H1", "H1-BAD");
+    bad.lines.clear();
+    let _ = app.settlements().await.settle_one(bad).await.expect_err("refused");
+
+    let text = scrape(port).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let value = |needle: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} not in\n{text}"))
+    };
+    assert_eq!(
+        value(r#"claims_settle_requests_total{rpc="SettleOne",outcome="settled"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"claims_settle_requests_total{rpc="SettleOne",outcome="replayed"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"claims_settle_requests_total{rpc="SettleOne",outcome="invalid_argument"}"#),
+        1.0
+    );
+    assert!(text.contains("claims_settle_seconds_bucket"), "latency histogram");
+    assert!(text.contains("claims_ledger_batch_commands"), "batch sizes");
+    assert_eq!(
+        value(r#"claims_paid_yuan{product="cixi-tianyi-yongning-bao",period_start="2022-01-01"}"#),
+        9000.0
+    );
+    assert_eq!(
+        value(r#"claims_paid_yuan{product="cixi-medical-assistance",period_start="2022-01-01"}"#),
+        16000.0
+    );
+    // Written premium 50.00 for one member: 9,000 / 50 = 180.
+    assert_eq!(
+        value(r#"claims_loss_ratio{product="cixi-tianyi-yongning-bao",period_start="2022-01-01"}"#),
+        180.0
+    );
+    assert!(!text.contains("M1"), "no member id in metrics");
+    app.stop().await;
+}
