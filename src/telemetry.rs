@@ -5,24 +5,86 @@
 use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tracing_subscriber::{fmt, EnvFilter};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::SpanExporter;
+use opentelemetry_sdk::runtime;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, EnvFilter, Layer as _};
 
 use crate::domain::{format_date, LossRatio, PeriodKey};
 
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is left and stops the exporter. Call once, at the end of `main`.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // The flush blocks on the exporter, which runs on this runtime: off the async threads.
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            match flushed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("trace export did not finish: {e}"),
+                Err(e) => eprintln!("trace export did not finish: {e}"),
+            }
+        }
+    }
+}
+
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), `CLAIMS_LOG_FORMAT=json`
-/// switches to JSON lines.
-pub fn init() {
+/// switches to JSON lines, and when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported
+/// over OTLP (gRPC) to that collector, with service name `OTEL_SERVICE_NAME` (default `claimsd`).
+/// Must run inside the tokio runtime (the exporter's batches run on it).
+pub fn init() -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("CLAIMS_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = fmt().with_env_filter(filter).with_target(false);
-    let result = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let (provider, otel_error) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => match otlp_provider() {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("OTLP export to {endpoint} is off: {e}"))),
+        },
+        _ => (None, None),
     };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("claims")));
+    let fmt_layer = if json {
+        fmt::layer().with_target(false).json().boxed()
+    } else {
+        fmt::layer().with_target(false).boxed()
+    };
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init();
     if let Err(e) = result {
         eprintln!("logging was already set up: {e}");
     }
+    if let Some(e) = otel_error {
+        tracing::warn!("{e}");
+    }
+    Telemetry { provider }
+}
+
+fn otlp_provider() -> Result<SdkTracerProvider, String> {
+    // The endpoint, headers and timeout come from the standard OTEL_EXPORTER_OTLP_* variables.
+    let exporter = SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let processor = BatchSpanProcessor::builder(exporter, runtime::Tokio).build();
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "claimsd".into());
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build())
 }
 
 /// Serves Prometheus metrics at `http://<addr>/metrics` and makes this process record them. Once per

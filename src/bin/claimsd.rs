@@ -50,8 +50,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    claims::telemetry::init();
     let args = Args::parse();
+    let telemetry = claims::telemetry::init();
     let settings = Settings {
         listen: args.listen,
         database_url: args.database_url,
@@ -65,21 +65,22 @@ async fn main() -> std::process::ExitCode {
         drain_timeout: Duration::from_secs(args.drain_seconds),
         metrics_listen: args.metrics_listen,
     };
-    let app = match Application::build(settings).await {
-        Ok(app) => app,
+    let code = match Application::build(settings).await {
         Err(e) => {
             tracing::error!("could not start: {e}");
             eprintln!("claimsd: could not start: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match app.run_until_stopped(shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("stopped with an error: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
+        Ok(app) => match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("stopped with an error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -2,8 +2,10 @@
 //! fresh SQLite file, and real gRPC clients.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use claims::proto::member_service_client::MemberServiceClient;
 use claims::proto::report_service_client::ReportServiceClient;
@@ -285,3 +287,76 @@ pub fn claim_a3(hospital: &str, id: &str) -> ClaimRequest {
 }
 
 // Worked example B (Zhongning 2020), member M2 AT_RISK.
+
+/// A `claimsd` child process, killed (SIGKILL) and reaped when dropped, also when a test panics.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub stderr: PathBuf,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL on Unix: no drain, no destructor, no final commit.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill claimsd");
+        self.child.wait().expect("reap claimsd");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Starts `claimsd` on a free port with the database in `dir` and waits until it accepts gRPC
+/// connections.
+pub async fn start_server(dir: &Path, run: &str) -> (Server, Channel) {
+    start_server_with_env(dir, run, &[]).await
+}
+
+/// [`start_server`] with extra environment variables for the process.
+pub async fn start_server_with_env(dir: &Path, run: &str, env: &[(&str, &str)]) -> (Server, Channel) {
+    let port = free_port();
+    let stdout = dir.join(format!("claimsd-{run}.stdout"));
+    let stderr = dir.join(format!("claimsd-{run}.stderr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_claimsd"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("claims.db").display()))
+        .arg("--terms-dir")
+        .arg(examples_dir().join("terms"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout).expect("stdout file"))
+        .stderr(File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("claimsd starts");
+    let mut server = Server { child, port, stderr };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = server.child.try_wait().expect("child status") {
+            let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+            panic!("claimsd ({run}) exited with {status} before serving:\n{log}");
+        }
+        match Channel::from_shared(server.url()).expect("url").connect().await {
+            Ok(channel) => return (server, channel),
+            Err(e) if Instant::now() > deadline => {
+                let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+                panic!("claimsd ({run}) did not accept connections within 30 s: {e}\n{log}");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

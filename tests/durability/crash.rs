@@ -4,9 +4,7 @@
 //! resubmitting every claim replays the stored ones and settles the rest.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::common::{claim, examples_dir, row, CIXI_2022};
+use crate::common::{claim, row, start_server, CIXI_2022};
 use crate::support::{
     catalogue_with, check_db, date_in, export_all, fen_text, key_of, member, replay, stored_counts, XorShift,
 };
@@ -33,73 +31,6 @@ const KILL_AFTER: usize = 300;
 pub(crate) const CIXI_START: &str = "2022-01-01";
 /// Each Cixi 2022 claim goes through the four Cixi layers.
 const LAYERS: usize = 4;
-
-/// A `claimsd` child process, killed (SIGKILL) and reaped when dropped, also when a test panics.
-pub(crate) struct Server {
-    pub(crate) child: Child,
-    pub(crate) port: u16,
-    pub(crate) stderr: PathBuf,
-}
-
-impl Server {
-    pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL on Unix: no drain, no destructor, no final commit.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill claimsd");
-        self.child.wait().expect("reap claimsd");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Starts `claimsd` on a free port with the database in `dir` and waits until it accepts gRPC
-/// connections.
-pub(crate) async fn start_server(dir: &Path, run: &str) -> (Server, Channel) {
-    let port = free_port();
-    let stdout = dir.join(format!("claimsd-{run}.stdout"));
-    let stderr = dir.join(format!("claimsd-{run}.stderr"));
-    let child = Command::new(env!("CARGO_BIN_EXE_claimsd"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.join("claims.db").display()))
-        .arg("--terms-dir")
-        .arg(examples_dir().join("terms"))
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout).expect("stdout file"))
-        .stderr(File::create(&stderr).expect("stderr file"))
-        .spawn()
-        .expect("claimsd starts");
-    let mut server = Server { child, port, stderr };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.child.try_wait().expect("child status") {
-            let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
-            panic!("claimsd ({run}) exited with {status} before serving:\n{log}");
-        }
-        match Channel::from_shared(server.url()).expect("url").connect().await {
-            Ok(channel) => return (server, channel),
-            Err(e) if Instant::now() > deadline => {
-                let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
-                panic!("claimsd ({run}) did not accept connections within 30 s: {e}\n{log}");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
 
 pub(crate) fn member_id(i: usize) -> String {
     format!("CM{i:02}")

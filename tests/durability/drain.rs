@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::common::{row, CIXI_2022};
-use crate::crash::{member_id, random_claim, start_server, CIXI_START, MEMBERS};
+use crate::common::{row, start_server, CIXI_2022};
+use crate::crash::{member_id, random_claim, CIXI_START, MEMBERS};
 use crate::support::XorShift;
 
 const BEFORE_TERM: usize = 100;
