@@ -5,21 +5,7 @@ async fn worked_example_a_first_claim_through_the_api() {
     let app = spawn_app().await;
     enroll_cixi(&app, "M1", "DIBAO").await;
     let mut client = app.settlements().await;
-    let request = claim(
-        "H1",
-        "H1-0001",
-        "M1",
-        "2022-03-10",
-        "INPATIENT",
-        "",
-        &[
-            ("IN_SCOPE", "80000.00"),
-            ("B_SELF_PAY", "6000.00"),
-            ("OUT_OF_CATALOGUE", "30000.00"),
-            ("NON_COMPLIANT", "500.00"),
-        ],
-        &[("BASIC", "48000.00"), ("CRITICAL_ILLNESS", "12000.00")],
-    );
+    let request = claim_a1("H1", "H1-0001");
     let reply = client.settle_one(request.clone()).await.expect("settles").into_inner();
     assert!(!reply.replay);
     let s = reply.settlement.and_then(|s| s.settlement).expect("settlement");
