@@ -3,6 +3,7 @@
 //! Every command talks gRPC to `claimsd` (see `--server`), except `terms validate` without
 //! `--remote`, which checks terms files locally with the same parser the server uses.
 
+mod load;
 mod members;
 mod reports;
 mod settlements;
@@ -78,7 +79,8 @@ pub fn rpc_error(what: &str, status: &tonic::Status) -> BoxError {
     about = "Command-line client of the claims settlement service (claimsd)",
     long_about = "Command-line client of the claims settlement service (claimsd): apply and validate product \
                   terms, import member rosters, submit claims from JSON Lines files, preview, reverse and show \
-                  settlements, show members and loss ratios, and export settlements for reconciliation.\n\n\
+                  settlements, show members and loss ratios, export settlements for reconciliation, and run a load \
+                  generator against the Settle stream.\n\n\
                   Amounts are printed exactly as the server sends them (decimal strings, CNY with two decimals). \
                   Exit status: 0 on success, 1 when a command failed or (for import and apply) refused any input."
 )]
@@ -126,6 +128,25 @@ enum Command {
     LossRatio(LossRatioArgs),
     /// Export settlements as CSV for reconciliation (streamed: any number of rows).
     Export(ExportArgs),
+    /// Load generator: settle a claims file, repeated, over concurrent Settle streams (writes real settlements).
+    ///
+    /// A LOAD RUN WRITES REAL SETTLEMENTS: every claim it sends is settled and committed like any other (it
+    /// uses up members' caps and deductibles, moves loss ratios, and shows in exports). Point it at a test
+    /// server, never at one that holds production data.
+    ///
+    /// The claims file is read once (lines that are not valid claim JSON are reported by line number and
+    /// skipped) and sent --repeat times over --streams concurrent Settle streams, each on its own connection.
+    /// So that every run settles new claims rather than replaying earlier ones, each claim id is rewritten
+    /// as <claim_id>-<suffix>-<round> (round 1 to --repeat; hospital and member ids are unchanged); the
+    /// rewritten ids must still be at most 64 characters. Claims are dealt to the streams in turn.
+    ///
+    /// Closed loop: each stream keeps at most --window claims in flight and sends the next one only when a
+    /// reply comes back, so the latencies measured (from sending a claim to its reply, which the server
+    /// sends after the durable commit) are the service's and not a queue built up by the client.
+    ///
+    /// Prints claims sent, settled, replayed and refused (by gRPC code), elapsed time, claims per second
+    /// and latency percentiles. Exit 1 if a stream fails (refused claims are counted, not failures).
+    Load(LoadArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -261,20 +282,65 @@ struct ExportArgs {
     out: Option<PathBuf>,
 }
 
+// The arguments of `claimsctl load` (its help is on `Command::Load`).
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// The JSON Lines file of claims, as for `claims submit`.
+    jsonl: PathBuf,
+    /// Number of concurrent Settle streams, each on its own connection (at most one per claim sent).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    streams: u32,
+    /// Most claims in flight (sent, not yet answered) per stream.
+    #[arg(long, value_name = "W", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    window: u32,
+    /// How many times every claim of the file is sent (each time under a new claim id).
+    #[arg(long, value_name = "R", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    repeat: u32,
+    /// The text put into every rewritten claim id (ASCII letters, digits and - _ . : /); default: a run
+    /// id from the current UTC time, such as 20250612T101530.123. Reusing a suffix resends the same
+    /// claim ids, which the server answers as replays.
+    #[arg(long, value_name = "TEXT", value_parser = load::parse_suffix)]
+    id_suffix: Option<String>,
+    /// Do not show the progress bar (it is drawn on stderr, and only when stderr is a terminal).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 /// Checks a YYYY-MM-DD date argument with the domain's date parser and keeps the text.
 fn parse_date_arg(text: &str) -> Result<String, String> {
     ::claims::domain::parse_date(text).map(|_| text.to_owned())
 }
 
+/// The server of `--server`, with the connect timeout: opens connections to it.
+#[derive(Debug, Clone)]
+pub struct Server {
+    url: String,
+    endpoint: Endpoint,
+}
+
+impl Server {
+    fn from_cli(cli: &Cli) -> Result<Self> {
+        let endpoint = Endpoint::from_shared(cli.server.clone())
+            .map_err(|e| fail(format!("--server {:?} is not a valid URL: {e}", cli.server)))?
+            .connect_timeout(Duration::from_secs(cli.connect_timeout));
+        Ok(Self {
+            url: cli.server.clone(),
+            endpoint,
+        })
+    }
+
+    /// Opens a new HTTP/2 connection (each call its own).
+    pub async fn connect(&self) -> Result<Channel> {
+        self.endpoint
+            .connect()
+            .await
+            .map_err(|e| fail(format!("cannot connect to {}: {}", self.url, chain(&e))))
+    }
+}
+
 /// Opens one HTTP/2 channel to the server, shared by the clients of one command.
 async fn connect(cli: &Cli) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(cli.server.clone())
-        .map_err(|e| fail(format!("--server {:?} is not a valid URL: {e}", cli.server)))?
-        .connect_timeout(Duration::from_secs(cli.connect_timeout));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| fail(format!("cannot connect to {}: {}", cli.server, chain(&e))))
+    Server::from_cli(cli)?.connect().await
 }
 
 /// An error with its causes, `outer: inner: innermost`.
@@ -333,6 +399,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 include_reversed: args.include_reversed,
             };
             reports::export(connect(&cli).await?, request, args.out.as_deref()).await
+        }
+        Command::Load(args) => {
+            let options = load::LoadOptions {
+                streams: args.streams as usize,
+                window: args.window as usize,
+                repeat: args.repeat,
+                suffix: args
+                    .id_suffix
+                    .clone()
+                    .unwrap_or_else(|| load::default_suffix(time::OffsetDateTime::now_utc())),
+                quiet: args.quiet,
+            };
+            load::run(&Server::from_cli(&cli)?, &args.jsonl, options).await
         }
     }
 }

@@ -196,6 +196,24 @@ impl Tally {
         }
     }
 
+    /// Adds the tally of another stream (quotes kept up to the same limit per code).
+    pub fn merge(&mut self, other: Tally) {
+        self.replies += other.replies;
+        self.paid += other.paid;
+        self.nothing_paid += other.nothing_paid;
+        self.replayed += other.replayed;
+        self.refused += other.refused;
+        self.payout += other.payout;
+        self.replayed_payout += other.replayed_payout;
+        self.unreadable_amounts += other.unreadable_amounts;
+        for (code, (count, quotes)) in other.refused_by_code {
+            let entry = self.refused_by_code.entry(code).or_default();
+            entry.0 += count;
+            let room = QUOTED_PER_CODE.saturating_sub(entry.1.len());
+            entry.1.extend(quotes.into_iter().take(room));
+        }
+    }
+
     fn refuse(&mut self, code: String, quote: String) {
         self.refused += 1;
         let entry = self.refused_by_code.entry(code).or_default();
@@ -230,6 +248,12 @@ fn print_summary(path: &Path, read: &ReadOutcome, tally: &Tally, elapsed: Durati
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { tally.replies as f64 / secs } else { 0.0 };
     crate::outln!("  elapsed {secs:.2} s, {rate:.1} claims/s");
+    print_refused(tally);
+    print_bad_lines(&read.bad);
+}
+
+/// The warning about unreadable amounts, then the refused claims per gRPC code with a few quoted.
+pub fn print_refused(tally: &Tally) {
     if tally.unreadable_amounts > 0 {
         crate::outln!(
             "  warning: {} replies had a payout_total that is not a decimal",
@@ -248,32 +272,40 @@ fn print_summary(path: &Path, read: &ReadOutcome, tally: &Tally, elapsed: Durati
             }
         }
     }
-    if !read.bad.is_empty() {
+}
+
+/// The lines of a claims file that were not sent, by line number (the first few).
+pub fn print_bad_lines(bad: &[BadLine]) {
+    if !bad.is_empty() {
         crate::outln!("bad lines:");
-        for b in read.bad.iter().take(BAD_LINES_LISTED) {
+        for b in bad.iter().take(BAD_LINES_LISTED) {
             crate::outln!("  line {}: {}", b.line, b.message);
         }
-        if read.bad.len() > BAD_LINES_LISTED {
-            crate::outln!("  ... and {} more", read.bad.len() - BAD_LINES_LISTED);
+        if bad.len() > BAD_LINES_LISTED {
+            crate::outln!("  ... and {} more", bad.len() - BAD_LINES_LISTED);
         }
     }
+}
+
+/// The progress bar of claims settled (drawn on stderr, only when it is a terminal); hidden if quiet.
+pub fn progress_bar(total: u64, quiet: bool) -> Result<ProgressBar> {
+    if quiet {
+        return Ok(ProgressBar::hidden());
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} claims settled ({per_sec}, eta {eta})",
+    )
+    .map_err(|e| fail(format!("progress bar: {e}")))?;
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Ok(bar)
 }
 
 pub async fn submit(channel: Channel, path: &Path, options: SubmitOptions) -> Result<ExitCode> {
     let file = File::open(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     let total = count_lines(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    let bar = if options.quiet {
-        ProgressBar::hidden()
-    } else {
-        let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} claims settled ({per_sec}, eta {eta})",
-        )
-        .map_err(|e| fail(format!("progress bar: {e}")))?;
-        bar.set_style(style);
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    };
+    let bar = progress_bar(total, options.quiet)?;
 
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<ClaimRequest>(options.buffer.max(1));
@@ -506,5 +538,40 @@ mod tests {
             t.refused_by_code["INVALID_ARGUMENT"].1[0],
             "V: invalid request; lines[0].amount: has more than two decimals"
         );
+    }
+
+    #[test]
+    fn tallies_of_streams_are_merged() {
+        let refused = |claim: &str| SettlementReply {
+            claim_id: claim.into(),
+            replay: false,
+            result: Some(ReplyResult::Error(ErrorDetail {
+                code: 5,
+                message: "member not found".into(),
+                violations: vec![],
+            })),
+        };
+        let mut a = Tally::default();
+        a.add(&settled("1", "10.00", false));
+        a.add(&settled("2", "3.00", true));
+        for i in 0..4 {
+            a.add(&refused(&format!("A{i}")));
+        }
+        let mut b = Tally::default();
+        b.add(&settled("3", "0.00", false));
+        b.add(&settled("4", "2.50", false));
+        for i in 0..3 {
+            b.add(&refused(&format!("B{i}")));
+        }
+        a.merge(b);
+        assert_eq!(
+            (a.replies, a.paid, a.nothing_paid, a.replayed, a.refused),
+            (11, 2, 1, 1, 7)
+        );
+        assert_eq!(format_money(a.payout), "12.50");
+        assert_eq!(format_money(a.replayed_payout), "3.00");
+        let (count, quotes) = &a.refused_by_code["NOT_FOUND"];
+        assert_eq!((*count, quotes.len()), (7, QUOTED_PER_CODE));
+        assert_eq!(quotes[4], "B0: member not found");
     }
 }
