@@ -157,10 +157,12 @@ impl Application {
         let store = ledger.store().clone();
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let (draining_watch_tx, draining_watch) = tokio::sync::watch::channel(false);
         let drain_health = health.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutdown requested: draining");
+            let _ = draining_watch_tx.send(true);
             drain_health
                 .set_not_serving::<SettlementServiceServer<SettlementApi>>()
                 .await;
@@ -180,7 +182,9 @@ impl Application {
             )
             .add_service(TermsServiceServer::new(TermsApi::new(ledger.clone())).max_decoding_message_size(max))
             .add_service(MemberServiceServer::new(MemberApi::new(ledger.clone())).max_decoding_message_size(max))
-            .add_service(ReportServiceServer::new(ReportApi::new(ledger.clone())).max_decoding_message_size(max))
+            .add_service(
+                ReportServiceServer::new(ReportApi::new(ledger.clone(), draining_watch)).max_decoding_message_size(max),
+            )
             // Nagle's algorithm would hold each unary reply for the client's delayed ACK (40 ms).
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         drop(ledger);

@@ -1,9 +1,12 @@
 //! `ReportService`: loss ratios (read and watched) and settlement listings for reconciliation.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::str::FromStr;
 
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use rust_decimal::Decimal;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -21,14 +24,23 @@ const EXPORT_CHUNK_ROWS: i64 = 500;
 
 pub struct ReportApi {
     ledger: Ledger,
+    /// Becomes true when the server starts draining: open watches end then, so that a SIGTERM does
+    /// not wait for streams that never finish on their own.
+    draining: watch::Receiver<bool>,
 }
 
 impl ReportApi {
-    pub fn new(ledger: Ledger) -> Self {
-        Self { ledger }
+    pub fn new(ledger: Ledger, draining: watch::Receiver<bool>) -> Self {
+        Self { ledger, draining }
     }
 
-    fn loss_ratio_proto(&self, key: &PeriodKey, figures: &LossRatio, members: i64) -> proto::LossRatio {
+    fn loss_ratio_proto(
+        &self,
+        key: &PeriodKey,
+        figures: &LossRatio,
+        members: i64,
+        threshold: Option<Decimal>,
+    ) -> proto::LossRatio {
         let period_end = self
             .ledger
             .catalogue()
@@ -44,22 +56,52 @@ impl ReportApi {
             paid_claims: figures.paid_claims,
             enrolled_members: u64::try_from(members).unwrap_or_default(),
             loss_ratio: figures.ratio().map(|r| format!("{r:.4}")).unwrap_or_default(),
+            above_threshold: threshold.is_some_and(|t| is_above(figures, t)),
         }
     }
 
-    async fn current(&self, r: &proto::LossRatioRequest) -> Result<Vec<proto::LossRatio>, Status> {
+    async fn current(
+        &self,
+        r: &proto::LossRatioRequest,
+        threshold: Option<Decimal>,
+    ) -> Result<Vec<(PeriodKey, bool, proto::LossRatio)>, Status> {
         let rows = self
             .ledger
             .store()
             .loss_ratios(non_empty(&r.product_code), non_empty(&r.period_start))
             .await
             .map_err(|e| status(&e.into()))?;
-        Ok(rows.iter().map(|(k, f, m)| self.loss_ratio_proto(k, f, *m)).collect())
+        Ok(rows
+            .iter()
+            .map(|(k, f, m)| {
+                let above = threshold.is_some_and(|t| is_above(f, t));
+                (k.clone(), above, self.loss_ratio_proto(k, f, *m, threshold))
+            })
+            .collect())
     }
 }
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+/// The alert threshold of a request: a non-negative loss ratio with at most four decimals.
+fn alert_threshold(r: &proto::LossRatioRequest) -> Result<Option<Decimal>, Status> {
+    if r.alert_above.is_empty() {
+        return Ok(None);
+    }
+    match Decimal::from_str(&r.alert_above) {
+        Ok(d) if d >= Decimal::ZERO && d.scale() <= 4 => Ok(Some(d)),
+        _ => Err(invalid(&FieldErrors::single(
+            "alert_above",
+            format!("{:?} is not a loss ratio such as \"1.0000\" (100%)", r.alert_above),
+        ))),
+    }
+}
+
+/// Whether figures are at or above the threshold; a period without premium never is.
+fn is_above(figures: &LossRatio, threshold: Decimal) -> bool {
+    figures.ratio().is_some_and(|r| r >= threshold)
 }
 
 fn check_loss_ratio_request(r: &proto::LossRatioRequest) -> Result<(), Status> {
@@ -114,8 +156,14 @@ impl ReportService for ReportApi {
     ) -> Result<Response<proto::LossRatioResponse>, Status> {
         let r = request.into_inner();
         check_loss_ratio_request(&r)?;
+        let threshold = alert_threshold(&r)?;
         Ok(Response::new(proto::LossRatioResponse {
-            ratios: self.current(&r).await?,
+            ratios: self
+                .current(&r, threshold)
+                .await?
+                .into_iter()
+                .map(|(_, _, f)| f)
+                .collect(),
         }))
     }
 
@@ -125,13 +173,18 @@ impl ReportService for ReportApi {
     ) -> Result<Response<LossRatioStream>, Status> {
         let r = request.into_inner();
         check_loss_ratio_request(&r)?;
+        let threshold = alert_threshold(&r)?;
         // Subscribe before reading the current figures, so no change falls between the two.
         let mut events = self.ledger.watch_loss_ratio();
-        let initial = self.current(&r).await?;
+        let initial = self.current(&r, threshold).await?;
         let (tx, rx) = mpsc::channel(256);
-        let api = ReportApi::new(self.ledger.clone());
+        let api = ReportApi::new(self.ledger.clone(), self.draining.clone());
+        let mut draining = self.draining.clone();
         tokio::spawn(async move {
-            for figure in initial {
+            // With a threshold, only crossings are sent after the initial figures.
+            let mut above: HashMap<PeriodKey, bool> = HashMap::new();
+            for (key, is_above_now, figure) in initial {
+                above.insert(key, is_above_now);
                 if tx.send(Ok(figure)).await.is_err() {
                     return;
                 }
@@ -141,24 +194,37 @@ impl ReportService for ReportApi {
                     && (r.period_start.is_empty() || format_date(e.key.start) == r.period_start)
             };
             loop {
-                match events.recv().await {
-                    Ok(event) if wanted(&event) => {
-                        let figure = api.loss_ratio_proto(&event.key, &event.figures, event.enrolled_members);
-                        if tx.send(Ok(figure)).await.is_err() {
-                            return;
-                        }
+                let received = tokio::select! {
+                    received = events.recv() => received,
+                    // The client went away: stop holding the ledger.
+                    () = tx.closed() => return,
+                    // Any change is the start of the drain (the only change ever sent); an error means
+                    // the server is gone altogether.
+                    _ = draining.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; watch again"))).await;
+                        return;
                     }
-                    Ok(_) => {}
+                };
+                let figures = match received {
+                    Ok(event) if wanted(&event) => {
+                        let now_above = threshold.is_some_and(|t| is_above(&event.figures, t));
+                        let was_above = above.insert(event.key.clone(), now_above).unwrap_or(false);
+                        if threshold.is_some() && now_above == was_above {
+                            continue;
+                        }
+                        vec![api.loss_ratio_proto(&event.key, &event.figures, event.enrolled_members, threshold)]
+                    }
+                    Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // This subscriber fell behind: send every current figure again.
-                        match api.current(&r).await {
-                            Ok(all) => {
-                                for figure in all {
-                                    if tx.send(Ok(figure)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
+                        match api.current(&r, threshold).await {
+                            Ok(all) => all
+                                .into_iter()
+                                .map(|(key, now_above, figure)| {
+                                    above.insert(key, now_above);
+                                    figure
+                                })
+                                .collect(),
                             Err(status) => {
                                 let _ = tx.send(Err(status)).await;
                                 return;
@@ -166,6 +232,11 @@ impl ReportService for ReportApi {
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
+                };
+                for figure in figures {
+                    if tx.send(Ok(figure)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -357,11 +357,14 @@ impl WriterTask {
             }
         }
         self.terms_rows += effects.terms_rows_added;
+        // The new figures go out before the replies: a watcher sees a change no later than the
+        // caller who made it hears of it, and one who starts watching after a reply does not get
+        // that change again as if it were new.
+        self.publish(&touched).await;
         for (reply, answer) in answers {
             // A caller that went away (dropped stream) does not undo a committed settlement.
             let _ = reply.send(answer);
         }
-        self.publish(&touched).await;
     }
 
     /// Runs every command of the batch inside one transaction. An `Err` means a database failure:

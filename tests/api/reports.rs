@@ -362,6 +362,7 @@ async fn watch_loss_ratio_sends_the_current_figures_then_every_change() {
         .watch_loss_ratio(proto::LossRatioRequest {
             product_code: ZN.into(),
             period_start: ZN_START.into(),
+            ..Default::default()
         })
         .await
         .expect("WatchLossRatio")
@@ -412,6 +413,8 @@ async fn watch_loss_ratio_sends_the_current_figures_then_every_change() {
         figures(&next_figure(&mut watch).await),
         expect("46000.00", 1, "766.6667")
     );
+    // Closing the watch lets the server stop without waiting for its drain timeout.
+    drop(watch);
     app.stop().await;
 }
 
@@ -439,6 +442,7 @@ async fn get_loss_ratio_lists_every_product_period() {
         .get_loss_ratio(proto::LossRatioRequest {
             product_code: "cixi-low-income-farmer-insurance".into(),
             period_start: String::new(),
+            ..Default::default()
         })
         .await
         .expect("GetLossRatio")
@@ -452,9 +456,95 @@ async fn get_loss_ratio_lists_every_product_period() {
         .get_loss_ratio(proto::LossRatioRequest {
             product_code: "Not A Code".into(),
             period_start: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("bad code");
     assert_refused_with_field(&status, Code::InvalidArgument, "product_code");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn watch_with_an_alert_threshold_sends_only_crossings() {
+    let app = spawn_app().await;
+    enroll_zhongning(&app, "M2").await;
+    let mut watch = app
+        .reports()
+        .await
+        .watch_loss_ratio(proto::LossRatioRequest {
+            product_code: ZN.into(),
+            period_start: ZN_START.into(),
+            alert_above: "200.0000".into(),
+        })
+        .await
+        .expect("WatchLossRatio")
+        .into_inner();
+    let first = next_figure(&mut watch).await;
+    assert_eq!((first.loss_ratio.as_str(), first.above_threshold), ("0.0000", false));
+    // Z-1: 10,000 / 60 = 166.67, still below 200: no message. Z-2 takes it to 933.33: an alert.
+    settle_one(&app, claim_z1("H1", "Z-1")).await;
+    settle_one(&app, claim_z2("H1", "Z-2")).await;
+    let alert = next_figure(&mut watch).await;
+    assert_eq!(
+        (alert.paid.as_str(), alert.above_threshold),
+        ("56000.00", true),
+        "{alert:?}"
+    );
+    // Reversing Z-1 leaves 766.67, still above: no message. Reversing Z-2 falls to 0: back below.
+    reverse(&app, "H1", "Z-1").await.expect("reverses");
+    reverse(&app, "H1", "Z-2").await.expect("reverses");
+    let below = next_figure(&mut watch).await;
+    assert_eq!(
+        (below.paid.as_str(), below.above_threshold),
+        ("0.00", false),
+        "{below:?}"
+    );
+
+    let status = app
+        .reports()
+        .await
+        .watch_loss_ratio(proto::LossRatioRequest {
+            alert_above: "lots".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a bad threshold is refused");
+    assert_refused_with_field(&status, tonic::Code::InvalidArgument, "alert_above");
+    // Closing the watch lets the server stop without waiting for its drain timeout.
+    drop(watch);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_ends_with_unavailable_when_the_server_drains() {
+    let app = spawn_app().await;
+    let mut watch = app
+        .reports()
+        .await
+        .watch_loss_ratio(proto::LossRatioRequest::default())
+        .await
+        .expect("WatchLossRatio")
+        .into_inner();
+    // The current figures of every example product period come first.
+    next_figure(&mut watch).await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    let end = loop {
+        match tokio::time::timeout(STREAM_WAIT, watch.message())
+            .await
+            .expect("the watch ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => break None,
+            Err(status) => break Some(status.code()),
+        }
+    };
+    assert_eq!(end, Some(tonic::Code::Unavailable), "the watcher is told to come back");
+    stopping.await.expect("server stops");
+    // Well before the 5 s drain timeout of the test harness.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -221,6 +221,7 @@ pub async fn loss_ratio(app: &TestApp, product: &str, period_start: &str) -> pro
         .get_loss_ratio(proto::LossRatioRequest {
             product_code: product.into(),
             period_start: period_start.into(),
+            ..Default::default()
         })
         .await
         .expect("GetLossRatio")

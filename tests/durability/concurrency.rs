@@ -517,6 +517,7 @@ async fn sixteen_streams_on_shared_members_keep_every_cap_and_equal_a_serial_rep
             .get_loss_ratio(LossRatioRequest {
                 product_code: code.into(),
                 period_start: START.into(),
+                ..Default::default()
             })
             .await
             .expect("loss ratio")

@@ -124,6 +124,7 @@ async fn worked_example_a_idempotency_and_reversal_on_postgres() {
         .get_loss_ratio(LossRatioRequest {
             product_code: "cixi-medical-assistance".into(),
             period_start: String::new(),
+            ..Default::default()
         })
         .await
         .expect("loss ratio")
@@ -309,6 +310,7 @@ async fn two_servers_on_one_database_give_a_one_at_a_time_result() {
         .get_loss_ratio(LossRatioRequest {
             product_code: "pg-tight".into(),
             period_start: String::new(),
+            ..Default::default()
         })
         .await
         .expect("loss ratio")

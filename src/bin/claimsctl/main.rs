@@ -258,6 +258,11 @@ struct LossRatioArgs {
     /// reversals commit, until interrupted (Ctrl-C).
     #[arg(long)]
     watch: bool,
+    /// Alert threshold as a loss ratio (1.0 = 100%). With --watch, after the current figures only
+    /// the changes that take a period's loss ratio across it are printed, marked ALERT when at or
+    /// above it and "below" when under it.
+    #[arg(long, value_name = "RATIO")]
+    alert_above: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -385,6 +390,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let request = ::claims::proto::LossRatioRequest {
                 product_code: args.product.clone().unwrap_or_default(),
                 period_start: args.period_start.clone().unwrap_or_default(),
+                alert_above: args.alert_above.clone().unwrap_or_default(),
             };
             reports::loss_ratio(connect(&cli).await?, request, args.watch).await
         }

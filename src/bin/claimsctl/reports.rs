@@ -53,6 +53,7 @@ fn now_utc() -> String {
 }
 
 pub async fn loss_ratio(channel: Channel, request: LossRatioRequest, watch: bool) -> Result<ExitCode> {
+    let alerting = !request.alert_above.is_empty();
     let mut client = ReportServiceClient::new(channel);
     if !watch {
         let response = client
@@ -79,7 +80,14 @@ pub async fn loss_ratio(channel: Channel, request: LossRatioRequest, watch: bool
     loop {
         tokio::select! {
             message = stream.message() => match message {
-                Ok(Some(r)) => crate::outln!("{}", watch_line(&now_utc(), &r)),
+                Ok(Some(r)) => {
+                    let mark = match (alerting, r.above_threshold) {
+                        (false, _) => "",
+                        (true, true) => "ALERT       ",
+                        (true, false) => "below       ",
+                    };
+                    crate::outln!("{mark}{}", watch_line(&now_utc(), &r))
+                }
                 Ok(None) => {
                     eprintln!("the server ended the watch");
                     return Ok(ExitCode::SUCCESS);
@@ -247,6 +255,7 @@ mod tests {
             paid_claims: 3,
             enrolled_members: 13750,
             loss_ratio: "1.1819".into(),
+            above_threshold: false,
         };
         let line = watch_line("T", &r);
         assert!(line.ends_with("loss ratio   118.19%"), "{line}");
