@@ -149,11 +149,6 @@ impl Accumulators {
         }
     }
 
-    /// What one member holds, per product period.
-    pub fn member(&self, member: &MemberId) -> Option<&HashMap<PeriodKey, MemberPeriod>> {
-        self.members.get(member)
-    }
-
     /// Every (member, period, benefit) usage held.
     pub fn benefit_entries(&self) -> impl Iterator<Item = (&MemberId, &PeriodKey, &BenefitCode, &BenefitUsage)> {
         self.members.iter().flat_map(|(m, periods)| {

@@ -161,14 +161,6 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -286,19 +278,6 @@ impl Writer {
 
     pub async fn settlement_by_key(&mut self, hospital: &str, claim: &str) -> Result<Option<StoredSettlement>> {
         rows::settlement_by_key(&mut self.conn, hospital, claim).await
-    }
-
-    /// `(seq, canonical claim JSON)` of the settlement with this key, if any.
-    pub async fn claim_by_key(&mut self, hospital: &str, claim: &str) -> Result<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT seq, claim_json FROM settlements WHERE hospital_id = $1 AND claim_id = $2")
-            .bind(hospital)
-            .bind(claim)
-            .fetch_optional(&mut self.conn)
-            .await?;
-        match row {
-            Some(row) => Ok(Some((row.try_get("seq")?, row.try_get("claim_json")?))),
-            None => Ok(None),
-        }
     }
 
     /// The member with categories and enrollments.
