@@ -172,6 +172,12 @@ impl Application {
             let _ = draining_tx.send(());
         };
         let serve = Server::builder()
+            // HTTP/2 pings find billing systems that vanished without closing their connection, so
+            // their streams end and stop holding resources.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // A bound on what one connection may open at once.
+            .max_concurrent_streams(Some(256))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
