@@ -283,23 +283,27 @@ impl WriterTask {
         tracing::info!("ledger writer stopped");
     }
 
-    /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers.
+    /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers and
+    /// the metrics gauges; one query.
     async fn publish(&mut self, touched: &BTreeSet<PeriodKey>) {
-        for key in touched {
-            match self.writer.loss_ratio(key).await {
-                Ok(Some((figures, enrolled_members))) => {
-                    crate::telemetry::record_loss_ratio(key, &figures);
+        if touched.is_empty() {
+            return;
+        }
+        let keys: Vec<&PeriodKey> = touched.iter().collect();
+        match self.writer.loss_ratios_of(&keys).await {
+            Ok(rows) => {
+                for (key, figures, enrolled_members) in rows {
+                    crate::telemetry::record_loss_ratio(&key, &figures);
                     if self.loss_ratio.receiver_count() > 0 {
                         let _ = self.loss_ratio.send(LossRatioEvent {
-                            key: key.clone(),
+                            key,
                             figures,
                             enrolled_members,
                         });
                     }
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
             }
+            Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
         }
     }
 
@@ -357,9 +361,9 @@ impl WriterTask {
             }
         }
         self.terms_rows += effects.terms_rows_added;
-        // The new figures go out before the replies: a watcher sees a change no later than the
-        // caller who made it hears of it, and one who starts watching after a reply does not get
-        // that change again as if it were new.
+        // The new figures go out before the replies (one query): a watcher sees a change no later
+        // than the caller who made it hears of it, and one who starts watching after a reply does
+        // not get that change again as if it were new.
         self.publish(&touched).await;
         for (reply, answer) in answers {
             // A caller that went away (dropped stream) does not undo a committed settlement.

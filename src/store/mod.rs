@@ -565,8 +565,13 @@ impl Writer {
     }
 
     /// Loss-ratio figures of some periods, read inside the writer's view (after a commit).
-    pub async fn loss_ratio(&mut self, key: &PeriodKey) -> Result<Option<(LossRatio, i64)>> {
-        rows::loss_ratio_one(&mut self.conn, key).await
+    /// The running figures of some product periods, read after a commit.
+    pub async fn loss_ratios_of(&mut self, keys: &[&PeriodKey]) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
+        let mut all = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+            all.extend(rows::loss_ratios_of(&mut self.conn, chunk).await?);
+        }
+        Ok(all)
     }
 }
 

@@ -264,14 +264,27 @@ pub(super) async fn loss_ratios(
     rows.iter().map(loss_ratio_row).collect()
 }
 
-pub(super) async fn loss_ratio_one(conn: &mut AnyConnection, key: &PeriodKey) -> Result<Option<(LossRatio, i64)>> {
-    let sql = format!("SELECT {TOTALS_COLUMNS} FROM product_totals WHERE product_code = $1 AND period_start = $2");
-    let row = sqlx::query(&sql)
-        .bind(key.product.as_str())
-        .bind(format_date(key.start))
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.map(|r| loss_ratio_row(&r).map(|(_, lr, n)| (lr, n))).transpose()
+/// The running figures of the given product periods, in one query.
+pub(super) async fn loss_ratios_of(
+    conn: &mut AnyConnection,
+    keys: &[&PeriodKey],
+) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let clauses: Vec<String> = (0..keys.len())
+        .map(|i| format!("(product_code = ${} AND period_start = ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "SELECT {TOTALS_COLUMNS} FROM product_totals WHERE {}",
+        clauses.join(" OR ")
+    );
+    let mut query = sqlx::query(&sql);
+    for key in keys {
+        query = query.bind(key.product.as_str()).bind(format_date(key.start));
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter().map(loss_ratio_row).collect()
 }
 
 pub(super) async fn terms_rows(pool: &AnyPool, code: Option<&str>) -> Result<Vec<TermsRow>> {
