@@ -25,7 +25,7 @@ use crate::domain::{
 use crate::store::{now_text, NewSettlement, Store, StoreError, StoredSettlement, Writer};
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     #[error("invalid request: {0}")]
     Invalid(FieldErrors),
@@ -587,29 +587,11 @@ async fn settle_run(
                     )),
                 }
             }
-            Outcome::Refused(e) => Err(clone_error(e)),
+            Outcome::Refused(e) => Err(e.clone()),
         };
         results.push(result);
     }
     Ok(results)
-}
-
-fn clone_error(e: &LedgerError) -> LedgerError {
-    match e {
-        LedgerError::Invalid(f) => LedgerError::Invalid(f.clone()),
-        LedgerError::MemberNotFound => LedgerError::MemberNotFound,
-        LedgerError::Conflict { hospital_id, claim_id } => LedgerError::Conflict {
-            hospital_id: hospital_id.clone(),
-            claim_id: claim_id.clone(),
-        },
-        LedgerError::NotFound(s) => LedgerError::NotFound(s.clone()),
-        LedgerError::AlreadyReversed { hospital_id, claim_id } => LedgerError::AlreadyReversed {
-            hospital_id: hospital_id.clone(),
-            claim_id: claim_id.clone(),
-        },
-        LedgerError::Unavailable(s) => LedgerError::Unavailable(s.clone()),
-        LedgerError::Internal(s) => LedgerError::Internal(s.clone()),
-    }
 }
 
 async fn reverse(
