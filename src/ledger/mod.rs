@@ -22,7 +22,7 @@ use crate::domain::{
     layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
-use crate::store::{now_text, NewSettlement, Store, StoreError, StoredSettlement, Writer};
+use crate::store::{corrupt, now_text, NewSettlement, Store, StoreError, StoredSettlement, Writer};
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -462,10 +462,7 @@ async fn settle_run(
         .iter()
         .map(|c| serde_json::to_string(&c.to_draft()))
         .collect::<Result<Vec<String>, _>>()
-        .map_err(|e| StoreError::Corrupt {
-            table: "settlements",
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| corrupt("settlements", e.to_string()))?;
     let keys: Vec<(&str, &str)> = claims
         .iter()
         .map(|c| (c.hospital_id.as_str(), c.claim_id.as_str()))
