@@ -1,15 +1,21 @@
-//! The ledger: idempotency, the single writer with group commit, reversals, terms versions,
-//! enrollments, and loss-ratio change notifications.
+//! The ledger: idempotency, the writers with group commit, reversals, terms versions, enrollments,
+//! and loss-ratio change notifications.
 //!
-//! Every change goes through one writer task per process, fed by a bounded channel. The writer takes
-//! whatever commands are waiting (up to `batch_max`), runs them in one transaction and answers them
-//! only after the commit returned: several claims share one durable commit, and no reply is sent for
-//! anything that could still be lost. Because the channel is FIFO and one task drains it, claims sent
-//! in order by one stream settle in that order, and any number of streams give the result of the
-//! one-at-a-time order in which the writer took them. Across processes, each writer's transaction
-//! first takes the database's write lock (`Writer::begin`), so writers take turns there too.
+//! Every change goes through a writer task, fed by a bounded channel. A writer takes whatever
+//! commands are waiting (up to `batch_max`), runs them in one transaction and answers them only
+//! after the commit returned: several claims share one durable commit, and no reply is sent for
+//! anything that could still be lost. A member's claims always go to the same writer, whose channel
+//! is FIFO, so claims of one member sent in order settle in that order.
 //!
-//! The writer reads accumulators from the database inside its transaction rather than from a cache,
+//! SQLite has one writer. On PostgreSQL a process runs several (`LedgerConfig::writers`) and several
+//! processes may share the database; writers then run side by side and take advisory locks on the
+//! members, claim keys and aggregate-capped periods a batch touches before reading them
+//! (`take_locks`, `Writer::lock`). Two batches that touch a common member, claim or capped period
+//! take turns; others settle in parallel. The result equals the one-at-a-time order of the commits,
+//! which is also the order of the sequence numbers of any two settlements or reversals that touched
+//! something in common (docs/concurrency.md).
+//!
+//! Writers read accumulators from the database inside their transaction rather than from a cache,
 //! so several processes can share one database and a restart needs no warm-up.
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,7 +28,7 @@ use crate::domain::{
     layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
-use crate::store::{corrupt, now_text, NewSettlement, Store, StoreError, StoredSettlement, Writer};
+use crate::store::{corrupt, now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TxMode, Writer};
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -107,6 +113,9 @@ pub struct LedgerConfig {
     pub queue_max: usize,
     /// Commands committed together at most.
     pub batch_max: usize,
+    /// Writer tasks, each with its own connection and transactions (PostgreSQL; SQLite, which has
+    /// one writer at a time, always uses one). A member's claims always go to the same writer.
+    pub writers: usize,
 }
 
 impl Default for LedgerConfig {
@@ -114,6 +123,7 @@ impl Default for LedgerConfig {
         Self {
             queue_max: 4096,
             batch_max: 256,
+            writers: 4,
         }
     }
 }
@@ -122,7 +132,8 @@ impl Default for LedgerConfig {
 /// the queue is drained.
 #[derive(Clone)]
 pub struct Ledger {
-    commands: mpsc::Sender<Command>,
+    /// One queue per writer task.
+    commands: Arc<[mpsc::Sender<Command>]>,
     store: Store,
     catalogue: Arc<RwLock<Arc<Catalogue>>>,
     loss_ratio: broadcast::Sender<LossRatioEvent>,
@@ -138,25 +149,43 @@ impl Ledger {
         store: Store,
         config: LedgerConfig,
     ) -> Result<(Ledger, tokio::task::JoinHandle<()>), LedgerError> {
-        let mut writer = store.writer().await?;
-        let catalogue = writer.load_catalogue().await?;
-        let terms_rows = writer.terms_count().await?;
+        let mut first = store.writer().await?;
+        let catalogue = first.load_catalogue().await?;
+        let terms_rows = first.terms_count().await?;
+        let writers = if first.concurrent() { config.writers.max(1) } else { 1 };
         let catalogue = Arc::new(RwLock::new(Arc::new(catalogue)));
-        let (tx, rx) = mpsc::channel(config.queue_max.max(1));
         let (loss_ratio, _) = broadcast::channel(1024);
-        let task = WriterTask {
-            store: store.clone(),
-            writer,
-            commands: rx,
-            catalogue: catalogue.clone(),
-            terms_rows,
-            batch_max: config.batch_max.max(1),
-            loss_ratio: loss_ratio.clone(),
-        };
-        let handle = tokio::spawn(task.run());
+        let mut senders = Vec::with_capacity(writers);
+        let mut tasks = Vec::with_capacity(writers);
+        let mut first = Some(first);
+        for _ in 0..writers {
+            let writer = match first.take() {
+                Some(w) => w,
+                None => store.writer().await?,
+            };
+            let (tx, rx) = mpsc::channel(config.queue_max.max(1));
+            senders.push(tx);
+            let task = WriterTask {
+                store: store.clone(),
+                writer,
+                commands: rx,
+                catalogue: catalogue.clone(),
+                terms_rows,
+                batch_max: config.batch_max.max(1),
+                loss_ratio: loss_ratio.clone(),
+            };
+            tasks.push(tokio::spawn(task.run()));
+        }
+        let handle = tokio::spawn(async move {
+            for task in tasks {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "a ledger writer task failed");
+                }
+            }
+        });
         Ok((
             Ledger {
-                commands: tx,
+                commands: senders.into(),
                 store,
                 catalogue,
                 loss_ratio,
@@ -182,9 +211,29 @@ impl Ledger {
         self.loss_ratio.subscribe()
     }
 
+    /// The writer a request goes to: a member's claims and category changes always to the same one,
+    /// so that they keep the order a caller sent them in; a reversal by its claim key; enrollments
+    /// and terms to the first.
+    fn writer_for(&self, request: &Request) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let n = self.commands.len();
+        if n == 1 {
+            return 0;
+        }
+        let hasher = BuildHasherDefault::<DefaultHasher>::default();
+        let hash = match request {
+            Request::Settle(claim) => hasher.hash_one(claim.member_id.as_str()),
+            Request::SetCategory(member, ..) => hasher.hash_one(member.as_str()),
+            Request::Reverse(hospital, claim) => hasher.hash_one((hospital.as_str(), claim.as_str())),
+            Request::ApplyTerms(..) | Request::Enroll(..) => 0,
+        };
+        usize::try_from(hash % n as u64).unwrap_or(0)
+    }
+
     async fn enqueue(&self, request: Request) -> Result<Pending, LedgerError> {
         let (reply, pending) = oneshot::channel();
-        self.commands
+        let writer = self.writer_for(&request);
+        self.commands[writer]
             .send(Command { request, reply })
             .await
             .map_err(|_| LedgerError::Unavailable("the ledger is shutting down".into()))?;
@@ -381,14 +430,22 @@ impl WriterTask {
         touched: &mut BTreeSet<PeriodKey>,
         answers: &mut Vec<(Reply, Result<Response, LedgerError>)>,
     ) -> Result<(), StoreError> {
-        self.writer.begin().await?;
+        let mode = if batch.iter().any(|c| matches!(c.request, Request::ApplyTerms(..))) {
+            TxMode::Exclusive
+        } else {
+            TxMode::Shared
+        };
+        self.writer.begin(mode).await?;
         let stored_rows = self.writer.terms_count().await?;
         if stored_rows != self.terms_rows {
-            // Another process applied terms.
+            // Another writer or process applied terms.
             effects.catalogue = Some(self.writer.load_catalogue().await?);
             effects.terms_rows_added = stored_rows - self.terms_rows;
         }
         let shared = self.current_catalogue();
+        if self.writer.concurrent() && mode == TxMode::Shared {
+            take_locks(&mut self.writer, &batch, effects.catalogue.as_ref().unwrap_or(&shared)).await?;
+        }
         // Consecutive claims are settled together as one run; any other command ends the run, so
         // every command still sees exactly the effects of those before it.
         let mut run: Vec<(Claim, Reply)> = Vec::new();
@@ -418,9 +475,12 @@ impl WriterTask {
             };
             let answer = match request {
                 Request::Settle(_) => Err(LedgerError::Internal("a claim outside its run".into())),
-                Request::Reverse(hospital, claim) => reverse(&mut self.writer, &hospital, &claim, touched)
-                    .await?
-                    .map(Response::Reversed),
+                Request::Reverse(hospital, claim) => {
+                    let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
+                    reverse(&mut self.writer, catalogue, &hospital, &claim, touched)
+                        .await?
+                        .map(Response::Reversed)
+                }
                 Request::ApplyTerms(terms, toml) => {
                     let working = effects.catalogue.get_or_insert_with(|| (*shared).clone());
                     let answer = apply_terms(&mut self.writer, working, *terms, &toml).await?;
@@ -435,13 +495,16 @@ impl WriterTask {
                         enroll(&mut self.writer, catalogue, rows, touched).await?,
                     ))
                 }
-                Request::SetCategory(member, effective, category) => match self.writer.member(&member).await? {
-                    None => Err(LedgerError::MemberNotFound),
-                    Some(_) => {
-                        self.writer.set_category(&member, effective, category).await?;
-                        Ok(Response::CategorySet)
+                Request::SetCategory(member, effective, category) => {
+                    self.writer.lock([LockKey::member(&member)]).await?;
+                    match self.writer.member(&member).await? {
+                        None => Err(LedgerError::MemberNotFound),
+                        Some(_) => {
+                            self.writer.set_category(&member, effective, category).await?;
+                            Ok(Response::CategorySet)
+                        }
                     }
-                },
+                }
             };
             answers.push((reply, answer));
         }
@@ -467,10 +530,18 @@ async fn settle_run(
         .iter()
         .map(|c| (c.hospital_id.as_str(), c.claim_id.as_str()))
         .collect();
-    let stored = w.claims_by_keys(&keys).await?;
     let mut member_ids: Vec<&MemberId> = claims.iter().map(|c| &c.member_id).collect();
     member_ids.sort();
     member_ids.dedup();
+    // Held already when `take_locks` saw the batch: then these take nothing.
+    w.lock(
+        member_ids
+            .iter()
+            .map(|m| LockKey::member(m))
+            .chain(keys.iter().map(|(h, c)| LockKey::claim(h, c))),
+    )
+    .await?;
+    let stored = w.claims_by_keys(&keys).await?;
     let members = w.members(&member_ids).await?;
     let mut periods: BTreeSet<PeriodKey> = BTreeSet::new();
     for c in claims {
@@ -482,6 +553,7 @@ async fn settle_run(
             );
         }
     }
+    w.lock(capped_period_locks(catalogue, &periods)).await?;
     let periods: Vec<PeriodKey> = periods.into_iter().collect();
     let mut book = w.accumulators(&member_ids, &periods).await?;
 
@@ -593,10 +665,12 @@ async fn settle_run(
 
 async fn reverse(
     w: &mut Writer,
+    catalogue: &Catalogue,
     hospital: &HospitalId,
     claim: &ClaimId,
     touched: &mut BTreeSet<PeriodKey>,
 ) -> Result<Result<StoredSettlement, LedgerError>, StoreError> {
+    w.lock([LockKey::claim(hospital.as_str(), claim.as_str())]).await?;
     let Some(mut stored) = w.settlement_by_key(hospital.as_str(), claim.as_str()).await? else {
         return Ok(Err(LedgerError::NotFound(format!(
             "settlement of claim {claim} of hospital {hospital}"
@@ -608,6 +682,10 @@ async fn reverse(
             claim_id: claim.to_string(),
         }));
     }
+    // The settlement itself never changes, but its member's and capped periods' figures do.
+    w.lock([LockKey::member(&stored.settlement.member_id)]).await?;
+    let periods: BTreeSet<PeriodKey> = stored.settlement.layers.iter().map(|l| l.key()).collect();
+    w.lock(capped_period_locks(catalogue, &periods)).await?;
     let reversed_at = now_text();
     w.insert_reversal(stored.seq, &stored.settlement, &reversed_at).await?;
     touched.extend(stored.settlement.paying_periods());
@@ -654,6 +732,11 @@ async fn enroll(
                 }
             }
         }
+        w.lock([LockKey::member(&row.member_id)]).await?;
+        if let Some((key, _)) = &enrollment {
+            w.lock(capped_period_locks(catalogue, &BTreeSet::from([(*key).clone()])))
+                .await?;
+        }
         w.ensure_member(&row.member_id, &now).await?;
         if let Some((category, effective)) = row.category {
             w.set_category(&row.member_id, effective, category).await?;
@@ -665,4 +748,66 @@ async fn enroll(
         results.push(Ok(()));
     }
     Ok(results)
+}
+
+/// The locks of those `periods` whose terms set an aggregate cap: every member's payouts there count
+/// against one figure, so settlements that pay in such a period take turns. Other periods' running
+/// figures are sums that any order gives alike, and need no lock.
+fn capped_period_locks(catalogue: &Catalogue, periods: &BTreeSet<PeriodKey>) -> Vec<LockKey> {
+    periods
+        .iter()
+        .filter(|key| {
+            catalogue
+                .get(key)
+                .is_some_and(|v| v.terms.product.aggregate_cap.is_some())
+        })
+        .map(LockKey::period)
+        .collect()
+}
+
+/// Takes, before anything is read, every lock a batch of concurrent writers needs, in two calls of
+/// ascending keys (see [`Writer::lock`]): the members and claim keys of its commands, then the
+/// aggregate-capped periods those members are enrolled in (read once the members are locked, so the
+/// enrollments cannot change underneath). Commands check their own locks again as they run; what
+/// this missed (a claim reversed while this ran) is taken then.
+async fn take_locks(w: &mut Writer, batch: &[Command], catalogue: &Catalogue) -> Result<(), StoreError> {
+    let mut first: BTreeSet<LockKey> = BTreeSet::new();
+    let mut periods: BTreeSet<PeriodKey> = BTreeSet::new();
+    let mut claimants: Vec<&MemberId> = Vec::new();
+    for command in batch {
+        match &command.request {
+            Request::Settle(claim) => {
+                first.insert(LockKey::member(&claim.member_id));
+                first.insert(LockKey::claim(claim.hospital_id.as_str(), claim.claim_id.as_str()));
+                claimants.push(&claim.member_id);
+            }
+            Request::Reverse(hospital, claim) => {
+                first.insert(LockKey::claim(hospital.as_str(), claim.as_str()));
+                // A stored settlement never changes, so reading it before the lock is safe.
+                if let Some(stored) = w.settlement_by_key(hospital.as_str(), claim.as_str()).await? {
+                    first.insert(LockKey::member(&stored.settlement.member_id));
+                    periods.extend(stored.settlement.layers.iter().map(|l| l.key()));
+                }
+            }
+            Request::Enroll(rows) => {
+                for row in rows {
+                    first.insert(LockKey::member(&row.member_id));
+                    if let Some((key, _)) = &row.enrollment {
+                        periods.insert(key.clone());
+                    }
+                }
+            }
+            Request::SetCategory(member, ..) => {
+                first.insert(LockKey::member(member));
+            }
+            Request::ApplyTerms(..) => {}
+        }
+    }
+    w.lock(first).await?;
+    claimants.sort();
+    claimants.dedup();
+    for member in w.members(&claimants).await?.into_values() {
+        periods.extend(member.enrollments.into_keys());
+    }
+    w.lock(capped_period_locks(catalogue, &periods)).await
 }

@@ -8,13 +8,14 @@
 
 mod rows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row};
 use time::Date;
 
 use crate::domain::{
@@ -51,6 +52,14 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+}
+
+/// The shard of the next PostgreSQL writer: writers of one process take turns through the shards,
+/// starting at a place that depends on the process, so that processes spread over them too.
+fn next_shard() -> i64 {
+    static NEXT: AtomicI64 = AtomicI64::new(-1);
+    let _ = NEXT.compare_exchange(-1, i64::from(std::process::id()), Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed).rem_euclid(TOTALS_SHARDS)
 }
 
 pub(crate) fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
@@ -134,7 +143,10 @@ impl Store {
             }
             _ => url.to_owned(),
         };
-        let options = AnyConnectOptions::from_str(&url)?;
+        // Waiting for another writer's lock is normal on PostgreSQL; only a statement stuck for long
+        // is worth a warning (its text holds no personal data: values are bound, not written in).
+        let options =
+            AnyConnectOptions::from_str(&url)?.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
@@ -167,9 +179,15 @@ impl Store {
 
     /// A connection for the ledger's writer.
     pub async fn writer(&self) -> Result<Writer> {
+        let shard = match self.backend {
+            Backend::Sqlite => 0,
+            Backend::Postgres => next_shard(),
+        };
         Ok(Writer {
             conn: self.pool.acquire().await?.detach(),
             backend: self.backend,
+            shard,
+            held: BTreeSet::new(),
         })
     }
 
@@ -232,24 +250,126 @@ impl Store {
 pub struct Writer {
     conn: AnyConnection,
     backend: Backend,
+    /// The row of `product_total_shards` this writer adds its figures to.
+    shard: i64,
+    /// The advisory locks this transaction holds (PostgreSQL).
+    held: BTreeSet<LockKey>,
+}
+
+/// Shards of the running figures per product period on PostgreSQL: enough that writers of a few
+/// processes rarely meet on one row, few enough that summing them stays cheap.
+pub const TOTALS_SHARDS: i64 = 16;
+
+/// How a write transaction stands towards the others (PostgreSQL; SQLite has one writer at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxMode {
+    /// Settling, reversing, enrolling: runs beside other writers; [`Writer::lock`] orders the ones
+    /// that touch the same members, claims or aggregate-capped periods.
+    Shared,
+    /// Applying terms: alone, because terms change what every settlement reads.
+    Exclusive,
+}
+
+/// What a PostgreSQL writer locks before it reads: a namespace and a stable 32-bit hash of the key
+/// (FNV-1a, the same in every process and every build, so that processes of different versions
+/// still exclude each other). Two keys with one hash only wait for each other needlessly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockKey {
+    space: i32,
+    hash: i32,
+}
+
+impl LockKey {
+    /// The transaction-wide lock every writer takes first, shared or exclusive.
+    const GLOBAL: LockKey = LockKey { space: 0, hash: 0 };
+
+    /// A member: their accumulators, enrollments and categories.
+    pub fn member(member: &MemberId) -> LockKey {
+        LockKey::of(1, &[member.as_str()])
+    }
+
+    /// A claim key: its settlement and reversal.
+    pub fn claim(hospital: &str, claim: &str) -> LockKey {
+        LockKey::of(2, &[hospital, claim])
+    }
+
+    /// A product period whose aggregate cap every member's payouts share.
+    pub fn period(key: &PeriodKey) -> LockKey {
+        LockKey::of(3, &[key.product.as_str(), &format_date(key.start)])
+    }
+
+    fn of(space: i32, parts: &[&str]) -> LockKey {
+        let mut hash: u32 = 0x811c_9dc5;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                // A separator no id may contain, so ("a", "bc") and ("ab", "c") differ.
+                hash = (hash ^ 0x1f).wrapping_mul(0x0100_0193);
+            }
+            for byte in part.bytes() {
+                hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+            }
+        }
+        LockKey {
+            space,
+            hash: i32::from_ne_bytes(hash.to_ne_bytes()),
+        }
+    }
 }
 
 impl Writer {
-    /// Opens the write transaction and takes the database's write lock, so that writers of every
-    /// process take turns: SQLite with `BEGIN IMMEDIATE`, PostgreSQL with a transaction-scoped
-    /// advisory lock. Each writer then reads the accumulators committed by the others before it
-    /// settles, which is what makes any number of processes give the result of a one-at-a-time
-    /// order, aggregate caps included. Group commit keeps the lock's cost per claim small.
-    pub async fn begin(&mut self) -> Result<()> {
+    /// Opens the write transaction. SQLite: `BEGIN IMMEDIATE` takes the database's write lock, so
+    /// writers take turns. PostgreSQL: writers run side by side; each takes the global advisory lock
+    /// shared (or exclusive, to change terms) and then, through [`Writer::lock`], the locks of what it
+    /// is about to read and change. Under READ COMMITTED every statement after a lock sees what the
+    /// previous holder committed, so the result is that of a one-at-a-time order.
+    pub async fn begin(&mut self, mode: TxMode) -> Result<()> {
+        self.held.clear();
         match self.backend {
             Backend::Sqlite => {
                 self.conn.execute("BEGIN IMMEDIATE").await?;
             }
             Backend::Postgres => {
                 self.conn.execute("BEGIN").await?;
-                self.conn.execute("SELECT pg_advisory_xact_lock(7338411)").await?;
+                let function = match mode {
+                    TxMode::Shared => "pg_advisory_xact_lock_shared",
+                    TxMode::Exclusive => "pg_advisory_xact_lock",
+                };
+                let sql = format!("SELECT {function}({}, {})", LockKey::GLOBAL.space, LockKey::GLOBAL.hash);
+                self.conn.execute(sql.as_str()).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Whether other writers run at the same time, so that [`Writer::lock`] matters.
+    pub fn concurrent(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// Takes transaction-scoped advisory locks on those of `keys` this transaction does not hold
+    /// yet, in ascending order, in one statement. The ledger takes every lock a batch needs in two
+    /// such calls before it reads anything (members and claims, then aggregate-capped periods), so
+    /// two writers cannot wait for each other in a circle; a lock found missing later is taken late
+    /// (a deadlock that this could cause is detected by PostgreSQL, and the batch is answered
+    /// UNAVAILABLE and retried by its callers). No-op on SQLite, whose transaction holds the whole
+    /// database.
+    pub async fn lock(&mut self, keys: impl IntoIterator<Item = LockKey>) -> Result<()> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let wanted: BTreeSet<LockKey> = keys.into_iter().filter(|k| !self.held.contains(k)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // The keys are numbers computed here, not input, so they are written into the statement.
+        // A VALUES list is scanned in order and the aggregate takes each lock as its row arrives.
+        let values: Vec<String> = wanted.iter().map(|k| format!("({}, {})", k.space, k.hash)).collect();
+        let sql = format!(
+            "SELECT COUNT(pg_advisory_xact_lock(ns, h)) AS n FROM (VALUES {}) AS v(ns, h)",
+            values.join(", ")
+        );
+        self.conn.execute(sql.as_str()).await?;
+        self.held.extend(wanted);
         Ok(())
     }
 
@@ -461,17 +581,30 @@ impl Writer {
             }
             query.execute(&mut self.conn).await?;
         }
-        for (key, (paid, claims)) in totals {
-            sqlx::query(
-                "UPDATE product_totals SET paid_fen = paid_fen + $1, paid_claims = paid_claims + $2 \
-                 WHERE product_code = $3 AND period_start = $4",
-            )
-            .bind(sign * fen(paid, "product_totals")?)
-            .bind(sign * claims)
-            .bind(key.product.as_str())
-            .bind(format_date(key.start))
-            .execute(&mut self.conn)
-            .await?;
+        let totals: Vec<_> = totals.into_iter().collect();
+        for chunk in totals.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut sql = String::from(
+                "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
+                 enrolled_members, paid_fen, paid_claims) VALUES ",
+            );
+            sql.push_str(&values_placeholders(chunk.len(), 7));
+            sql.push_str(
+                " ON CONFLICT (product_code, period_start, shard) DO UPDATE SET \
+                 paid_fen = product_total_shards.paid_fen + excluded.paid_fen, \
+                 paid_claims = product_total_shards.paid_claims + excluded.paid_claims",
+            );
+            let mut query = sqlx::query(&sql);
+            for (key, (paid, claims)) in chunk {
+                query = query
+                    .bind(key.product.as_str())
+                    .bind(format_date(key.start))
+                    .bind(self.shard)
+                    .bind(0_i64)
+                    .bind(0_i64)
+                    .bind(sign * fen(*paid, "product_total_shards")?)
+                    .bind(sign * claims);
+            }
+            query.execute(&mut self.conn).await?;
         }
         Ok(())
     }
@@ -492,8 +625,9 @@ impl Writer {
         .execute(&mut self.conn)
         .await?;
         sqlx::query(
-            "INSERT INTO product_totals (product_code, period_start, written_premium_fen, enrolled_members, \
-             paid_fen, paid_claims) VALUES ($1, $2, 0, 0, 0, 0) ON CONFLICT (product_code, period_start) DO NOTHING",
+            "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
+             enrolled_members, paid_fen, paid_claims) VALUES ($1, $2, 0, 0, 0, 0, 0) \
+             ON CONFLICT (product_code, period_start, shard) DO NOTHING",
         )
         .bind(p.code.as_str())
         .bind(format_date(p.period.start))
@@ -552,13 +686,17 @@ impl Writer {
         .execute(&mut self.conn)
         .await?;
         sqlx::query(
-            "UPDATE product_totals SET written_premium_fen = written_premium_fen + $1, \
-             enrolled_members = enrolled_members + $2 WHERE product_code = $3 AND period_start = $4",
+            "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
+             enrolled_members, paid_fen, paid_claims) VALUES ($1, $2, $3, $4, $5, 0, 0) \
+             ON CONFLICT (product_code, period_start, shard) DO UPDATE SET \
+             written_premium_fen = product_total_shards.written_premium_fen + excluded.written_premium_fen, \
+             enrolled_members = product_total_shards.enrolled_members + excluded.enrolled_members",
         )
-        .bind(premium_delta)
-        .bind(member_delta)
         .bind(key.product.as_str())
         .bind(&start)
+        .bind(self.shard)
+        .bind(premium_delta)
+        .bind(member_delta)
         .execute(&mut self.conn)
         .await?;
         Ok(())

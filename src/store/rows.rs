@@ -197,8 +197,11 @@ pub(super) async fn list_settlements(
 pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter) -> Result<SettlementTotals> {
     let (where_sql, values) = filter_sql(filter, 1);
     let sql = format!(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(s.total_cost_fen), 0) AS cost, COALESCE(SUM(s.upstream_fen), 0) AS up, \
-         COALESCE(SUM(s.payout_fen), 0) AS paid, COALESCE(SUM(s.out_of_pocket_fen), 0) AS oop \
+        // PostgreSQL sums BIGINT as NUMERIC, which the Any driver does not read: hence the casts.
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(s.total_cost_fen), 0) AS BIGINT) AS cost, \
+         CAST(COALESCE(SUM(s.upstream_fen), 0) AS BIGINT) AS up, \
+         CAST(COALESCE(SUM(s.payout_fen), 0) AS BIGINT) AS paid, \
+         CAST(COALESCE(SUM(s.out_of_pocket_fen), 0) AS BIGINT) AS oop \
          FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq WHERE 1 = 1{where_sql}"
     );
     let mut query = sqlx::query(&sql);
@@ -217,7 +220,7 @@ pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter)
     if let Some(code) = &filter.product_code {
         let (where_sql, values) = filter_sql(filter, 2);
         let sql = format!(
-            "SELECT COALESCE(SUM(l.payout_fen), 0) AS paid FROM settlement_layers l \
+            "SELECT CAST(COALESCE(SUM(l.payout_fen), 0) AS BIGINT) AS paid FROM settlement_layers l \
              JOIN settlements s ON s.seq = l.seq LEFT JOIN reversals r ON r.settlement_seq = s.seq \
              WHERE l.product_code = $1{where_sql}"
         );
