@@ -152,7 +152,8 @@ impl Ledger {
         let mut first = store.writer().await?;
         let catalogue = first.load_catalogue().await?;
         let terms_rows = first.terms_count().await?;
-        let writers = if first.concurrent() { config.writers.max(1) } else { 1 };
+        let concurrent = first.concurrent();
+        let writers = if concurrent { config.writers.max(1) } else { 1 };
         let catalogue = Arc::new(RwLock::new(Arc::new(catalogue)));
         let (loss_ratio, _) = broadcast::channel(1024);
         let mut senders = Vec::with_capacity(writers);
@@ -171,7 +172,11 @@ impl Ledger {
                 commands: rx,
                 catalogue: catalogue.clone(),
                 terms_rows,
-                batch_max: config.batch_max.max(1),
+                batch_max: if concurrent {
+                    config.batch_max.clamp(1, CONCURRENT_BATCH_MAX)
+                } else {
+                    config.batch_max.max(1)
+                },
                 loss_ratio: loss_ratio.clone(),
             };
             tasks.push(tokio::spawn(task.run()));
@@ -430,11 +435,14 @@ impl WriterTask {
         touched: &mut BTreeSet<PeriodKey>,
         answers: &mut Vec<(Reply, Result<Response, LedgerError>)>,
     ) -> Result<(), StoreError> {
-        let mode = if batch.iter().any(|c| matches!(c.request, Request::ApplyTerms(..))) {
-            TxMode::Exclusive
+        let plan = if self.writer.concurrent() {
+            Some(lock_plan(&mut self.writer, &batch).await?)
         } else {
-            TxMode::Shared
+            None
         };
+        let exclusive = batch.iter().any(|c| matches!(c.request, Request::ApplyTerms(..)))
+            || plan.as_ref().is_some_and(|p| p.first.len() > LOCKS_PER_BATCH_MAX);
+        let mode = if exclusive { TxMode::Exclusive } else { TxMode::Shared };
         self.writer.begin(mode).await?;
         let stored_rows = self.writer.terms_count().await?;
         if stored_rows != self.terms_rows {
@@ -443,8 +451,8 @@ impl WriterTask {
             effects.terms_rows_added = stored_rows - self.terms_rows;
         }
         let shared = self.current_catalogue();
-        if self.writer.concurrent() && mode == TxMode::Shared {
-            take_locks(&mut self.writer, &batch, effects.catalogue.as_ref().unwrap_or(&shared)).await?;
+        if let (Some(plan), TxMode::Shared) = (plan, mode) {
+            take_locks(&mut self.writer, plan, effects.catalogue.as_ref().unwrap_or(&shared)).await?;
         }
         // Consecutive claims are settled together as one run; any other command ends the run, so
         // every command still sees exactly the effects of those before it.
@@ -765,49 +773,80 @@ fn capped_period_locks(catalogue: &Catalogue, periods: &BTreeSet<PeriodKey>) -> 
         .collect()
 }
 
-/// Takes, before anything is read, every lock a batch of concurrent writers needs, in two calls of
-/// ascending keys (see [`Writer::lock`]): the members and claim keys of its commands, then the
-/// aggregate-capped periods those members are enrolled in (read once the members are locked, so the
-/// enrollments cannot change underneath). Commands check their own locks again as they run; what
-/// this missed (a claim reversed while this ran) is taken then.
-async fn take_locks(w: &mut Writer, batch: &[Command], catalogue: &Catalogue) -> Result<(), StoreError> {
-    let mut first: BTreeSet<LockKey> = BTreeSet::new();
-    let mut periods: BTreeSet<PeriodKey> = BTreeSet::new();
-    let mut claimants: Vec<&MemberId> = Vec::new();
+/// Batches of concurrent writers (PostgreSQL) hold at most this many claims, so that their locks
+/// stay within [`LOCKS_PER_BATCH_MAX`] and many writers fit in PostgreSQL's lock table.
+const CONCURRENT_BATCH_MAX: usize = 128;
+
+/// Advisory locks a batch takes one by one at most; a batch that would need more (a large roster
+/// chunk) takes the global lock exclusively instead. PostgreSQL's lock table holds
+/// `max_locks_per_transaction` × (`max_connections` + `max_prepared_transactions`) locks, 6,400 with
+/// the defaults: room for about 24 writers in all processes together (docs/concurrency.md).
+const LOCKS_PER_BATCH_MAX: usize = 256;
+
+/// The locks of a batch that are known before its transaction starts.
+struct LockPlan {
+    /// Members and claim keys.
+    first: BTreeSet<LockKey>,
+    /// Product periods named by the batch itself (enrollments, reversed settlements); the members'
+    /// enrolled periods are added once the members are locked.
+    periods: BTreeSet<PeriodKey>,
+    /// Members with claims in the batch.
+    claimants: Vec<MemberId>,
+}
+
+/// What a batch will lock, read before its transaction (stored settlements never change, so the
+/// member of a claim to reverse can be read first).
+async fn lock_plan(w: &mut Writer, batch: &[Command]) -> Result<LockPlan, StoreError> {
+    let mut plan = LockPlan {
+        first: BTreeSet::new(),
+        periods: BTreeSet::new(),
+        claimants: Vec::new(),
+    };
     for command in batch {
         match &command.request {
             Request::Settle(claim) => {
-                first.insert(LockKey::member(&claim.member_id));
-                first.insert(LockKey::claim(claim.hospital_id.as_str(), claim.claim_id.as_str()));
-                claimants.push(&claim.member_id);
+                plan.first.insert(LockKey::member(&claim.member_id));
+                plan.first
+                    .insert(LockKey::claim(claim.hospital_id.as_str(), claim.claim_id.as_str()));
+                plan.claimants.push(claim.member_id.clone());
             }
             Request::Reverse(hospital, claim) => {
-                first.insert(LockKey::claim(hospital.as_str(), claim.as_str()));
-                // A stored settlement never changes, so reading it before the lock is safe.
+                plan.first.insert(LockKey::claim(hospital.as_str(), claim.as_str()));
                 if let Some(stored) = w.settlement_by_key(hospital.as_str(), claim.as_str()).await? {
-                    first.insert(LockKey::member(&stored.settlement.member_id));
-                    periods.extend(stored.settlement.layers.iter().map(|l| l.key()));
+                    plan.first.insert(LockKey::member(&stored.settlement.member_id));
+                    plan.periods.extend(stored.settlement.layers.iter().map(|l| l.key()));
                 }
             }
             Request::Enroll(rows) => {
                 for row in rows {
-                    first.insert(LockKey::member(&row.member_id));
+                    plan.first.insert(LockKey::member(&row.member_id));
                     if let Some((key, _)) = &row.enrollment {
-                        periods.insert(key.clone());
+                        plan.periods.insert(key.clone());
                     }
                 }
             }
             Request::SetCategory(member, ..) => {
-                first.insert(LockKey::member(member));
+                plan.first.insert(LockKey::member(member));
             }
             Request::ApplyTerms(..) => {}
         }
     }
-    w.lock(first).await?;
-    claimants.sort();
-    claimants.dedup();
+    plan.claimants.sort();
+    plan.claimants.dedup();
+    Ok(plan)
+}
+
+/// Takes, before anything is read, every lock a batch of concurrent writers needs, in two calls of
+/// ascending keys (see [`Writer::lock`]): the members and claim keys of its commands, then the
+/// aggregate-capped periods those members are enrolled in (read once the members are locked, so the
+/// enrollments cannot change underneath). Commands check their own locks again as they run; what
+/// this missed (a claim settled by another process after the plan was made, and reversed in this
+/// batch) is taken then.
+async fn take_locks(w: &mut Writer, mut plan: LockPlan, catalogue: &Catalogue) -> Result<(), StoreError> {
+    w.lock(plan.first).await?;
+    let claimants: Vec<&MemberId> = plan.claimants.iter().collect();
     for member in w.members(&claimants).await?.into_values() {
-        periods.extend(member.enrollments.into_keys());
+        plan.periods.extend(member.enrollments.into_keys());
     }
-    w.lock(capped_period_locks(catalogue, &periods)).await
+    w.lock(capped_period_locks(catalogue, &plan.periods)).await
 }

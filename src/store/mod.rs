@@ -188,6 +188,7 @@ impl Store {
             backend: self.backend,
             shard,
             held: BTreeSet::new(),
+            exclusive: false,
         })
     }
 
@@ -254,6 +255,8 @@ pub struct Writer {
     shard: i64,
     /// The advisory locks this transaction holds (PostgreSQL).
     held: BTreeSet<LockKey>,
+    /// This transaction holds the global lock exclusively: no other lock is needed.
+    exclusive: bool,
 }
 
 /// Shards of the running figures per product period on PostgreSQL: enough that writers of a few
@@ -266,7 +269,8 @@ pub enum TxMode {
     /// Settling, reversing, enrolling: runs beside other writers; [`Writer::lock`] orders the ones
     /// that touch the same members, claims or aggregate-capped periods.
     Shared,
-    /// Applying terms: alone, because terms change what every settlement reads.
+    /// Alone: applying terms, which changes what every settlement reads, or a batch that would
+    /// need more locks than a transaction should hold (a large roster chunk).
     Exclusive,
 }
 
@@ -324,6 +328,7 @@ impl Writer {
     /// previous holder committed, so the result is that of a one-at-a-time order.
     pub async fn begin(&mut self, mode: TxMode) -> Result<()> {
         self.held.clear();
+        self.exclusive = mode == TxMode::Exclusive;
         match self.backend {
             Backend::Sqlite => {
                 self.conn.execute("BEGIN IMMEDIATE").await?;
@@ -354,7 +359,7 @@ impl Writer {
     /// UNAVAILABLE and retried by its callers). No-op on SQLite, whose transaction holds the whole
     /// database.
     pub async fn lock(&mut self, keys: impl IntoIterator<Item = LockKey>) -> Result<()> {
-        if self.backend != Backend::Postgres {
+        if self.backend != Backend::Postgres || self.exclusive {
             return Ok(());
         }
         let wanted: BTreeSet<LockKey> = keys.into_iter().filter(|k| !self.held.contains(k)).collect();
