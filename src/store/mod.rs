@@ -87,28 +87,54 @@ pub fn now_text() -> String {
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
-/// Rows (or keys) per multi-row statement. Small on purpose: SQLite looks bound parameters up by
-/// name in a list (`sqlite3_bind_parameter_name`), so binding n parameters costs n², which made 400
-/// rows of 12 columns slower than many small statements. 32 rows keep a statement under 400
-/// parameters, and the few sizes keep the prepared-statement cache warm.
-const ROWS_PER_STATEMENT_MAX: usize = 32;
+/// Rows (or keys) per multi-row statement. SQLite statements use anonymous `?` parameters: sqlx
+/// looks each named parameter up by name (`sqlite3_bind_parameter_name`, a linear scan), which made
+/// binding n named parameters cost n² and large statements slower than many small ones.
+const ROWS_PER_STATEMENT_MAX: usize = 128;
+
+/// Numbers the parameters of a statement the way its backend wants them: `$1, $2, ...` for
+/// PostgreSQL, anonymous `?` (bound in order) for SQLite. Each call is one more bound value.
+struct Params {
+    backend: Backend,
+    next: usize,
+}
+
+impl Params {
+    fn new(backend: Backend) -> Params {
+        Params { backend, next: 0 }
+    }
+
+    fn next(&mut self) -> String {
+        self.next += 1;
+        match self.backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${}", self.next),
+        }
+    }
+
+    /// `(p, p, ...), (p, ...)`: the VALUES of a multi-row insert of `rows` rows of `columns`.
+    fn values(&mut self, rows: usize, columns: usize) -> String {
+        let tuples: Vec<String> = (0..rows)
+            .map(|_| {
+                let params: Vec<String> = (0..columns).map(|_| self.next()).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        tuples.join(", ")
+    }
+
+    /// `p, p, ...`: an IN list of `n` values.
+    fn list(&mut self, n: usize) -> String {
+        let params: Vec<String> = (0..n).map(|_| self.next()).collect();
+        params.join(", ")
+    }
+}
 
 /// A settlement to append.
 pub struct NewSettlement<'a> {
     pub claim_json: &'a str,
     pub settlement: &'a Settlement,
     pub settled_at: &'a str,
-}
-
-/// `($1, $2, ...), ($n+1, ...)`: the VALUES of a multi-row insert of `rows` rows of `columns`.
-fn values_placeholders(rows: usize, columns: usize) -> String {
-    let tuples: Vec<String> = (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    tuples.join(", ")
 }
 
 fn reasons_text(reasons: &[Reason]) -> String {
@@ -235,12 +261,12 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let mut found = HashMap::new();
-        load_members(&mut tx, &[member_id], &mut found).await?;
+        load_members(&mut tx, self.backend, &[member_id], &mut found).await?;
         let Some(member) = found.remove(member_id) else {
             return Ok(None);
         };
         let keys: Vec<PeriodKey> = member.enrollments.keys().cloned().collect();
-        let acc = load_accumulators(&mut tx, &[member_id], &keys).await?;
+        let acc = load_accumulators(&mut tx, self.backend, &[member_id], &keys).await?;
         tx.commit().await?;
         Ok(Some((member, acc)))
     }
@@ -408,7 +434,7 @@ impl Writer {
     /// The member with categories and enrollments.
     pub async fn member(&mut self, member_id: &MemberId) -> Result<Option<Member>> {
         let mut found = HashMap::new();
-        load_members(&mut self.conn, &[member_id], &mut found).await?;
+        load_members(&mut self.conn, self.backend, &[member_id], &mut found).await?;
         Ok(found.remove(member_id))
     }
 
@@ -417,8 +443,9 @@ impl Writer {
     pub async fn claims_by_keys(&mut self, keys: &[(&str, &str)]) -> Result<HashMap<(String, String), (i64, String)>> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+            let mut params = Params::new(self.backend);
             let clauses: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(hospital_id = ${} AND claim_id = ${})", 2 * i + 1, 2 * i + 2))
+                .map(|_| format!("(hospital_id = {} AND claim_id = {})", params.next(), params.next()))
                 .collect();
             let sql = format!(
                 "SELECT seq, hospital_id, claim_id, claim_json FROM settlements WHERE {}",
@@ -442,7 +469,7 @@ impl Writer {
     pub async fn members(&mut self, ids: &[&MemberId]) -> Result<HashMap<MemberId, Member>> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(ROWS_PER_STATEMENT_MAX) {
-            load_members(&mut self.conn, chunk, &mut found).await?;
+            load_members(&mut self.conn, self.backend, chunk, &mut found).await?;
         }
         Ok(found)
     }
@@ -450,7 +477,7 @@ impl Writer {
     /// The usage of `members` in the product periods `keys`, with each period's total paid by all
     /// members (aggregate caps), as one in-memory book.
     pub async fn accumulators(&mut self, members: &[&MemberId], keys: &[PeriodKey]) -> Result<Accumulators> {
-        load_accumulators(&mut self.conn, members, keys).await
+        load_accumulators(&mut self.conn, self.backend, members, keys).await
     }
 
     /// Appends settlements with their layers, and adds their changes to the accumulators and the
@@ -462,7 +489,7 @@ impl Writer {
                 "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
                  total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
             );
-            sql.push_str(&values_placeholders(chunk.len(), 12));
+            sql.push_str(&Params::new(self.backend).values(chunk.len(), 12));
             // Row order of RETURNING is not defined: the key maps each number back.
             sql.push_str(" RETURNING seq, hospital_id, claim_id");
             let mut query = sqlx::query(&sql);
@@ -508,7 +535,7 @@ impl Writer {
                 "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
                  terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) VALUES ",
             );
-            sql.push_str(&values_placeholders(chunk.len(), 12));
+            sql.push_str(&Params::new(self.backend).values(chunk.len(), 12));
             let mut query = sqlx::query(&sql);
             for (seq, i, l) in chunk {
                 query = query
@@ -566,7 +593,7 @@ impl Writer {
                 "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
                  deductible_used_fen, band_position_fen, paid_fen) VALUES ",
             );
-            sql.push_str(&values_placeholders(chunk.len(), 7));
+            sql.push_str(&Params::new(self.backend).values(chunk.len(), 7));
             sql.push_str(
                 " ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
                  deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
@@ -592,7 +619,7 @@ impl Writer {
                 "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
                  enrolled_members, paid_fen, paid_claims) VALUES ",
             );
-            sql.push_str(&values_placeholders(chunk.len(), 7));
+            sql.push_str(&Params::new(self.backend).values(chunk.len(), 7));
             sql.push_str(
                 " ON CONFLICT (product_code, period_start, shard) DO UPDATE SET \
                  paid_fen = product_total_shards.paid_fen + excluded.paid_fen, \
@@ -742,24 +769,27 @@ async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
 /// Members with categories and enrollments, in one query: the writer reads them for every batch.
 async fn load_members(
     conn: &mut AnyConnection,
+    backend: Backend,
     ids: &[&MemberId],
     found: &mut HashMap<MemberId, Member>,
 ) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-    let list = list.join(", ");
+    let mut params = Params::new(backend);
+    let (members, categories, enrollments) = (params.list(ids.len()), params.list(ids.len()), params.list(ids.len()));
     let sql = format!(
-        "SELECT member_id, 'm' AS kind, '' AS a, '' AS b, 0 AS n FROM members WHERE member_id IN ({list}) \
+        "SELECT member_id, 'm' AS kind, '' AS a, '' AS b, 0 AS n FROM members WHERE member_id IN ({members}) \
          UNION ALL SELECT member_id, 'c', effective_date, category, 0 FROM member_categories \
-         WHERE member_id IN ({list}) \
+         WHERE member_id IN ({categories}) \
          UNION ALL SELECT member_id, 'e', product_code, period_start, premium_fen FROM enrollments \
-         WHERE member_id IN ({list})"
+         WHERE member_id IN ({enrollments})"
     );
     let mut query = sqlx::query(&sql);
-    for id in ids {
-        query = query.bind(id.as_str());
+    for _ in 0..3 {
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
     }
     let rows = query.fetch_all(&mut *conn).await?;
     let mut members: HashMap<String, (bool, Member)> = HashMap::new();
@@ -808,6 +838,7 @@ pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result
 /// book the engine reads.
 async fn load_accumulators(
     conn: &mut AnyConnection,
+    backend: Backend,
     members: &[&MemberId],
     keys: &[PeriodKey],
 ) -> Result<Accumulators> {
@@ -816,11 +847,10 @@ async fn load_accumulators(
         return Ok(acc);
     }
     for chunk in members.chunks(ROWS_PER_STATEMENT_MAX) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, \
              paid_fen FROM accumulators WHERE member_id IN ({})",
-            list.join(", ")
+            Params::new(backend).list(chunk.len())
         );
         let mut query = sqlx::query(&sql);
         for m in chunk {
@@ -850,8 +880,15 @@ async fn load_accumulators(
     // Other members' payouts count towards aggregate caps: each period's stored total less the part
     // of the members loaded.
     for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+        let mut params = Params::new(backend);
         let clauses: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(product_code = ${} AND period_start = ${})", 2 * i + 1, 2 * i + 2))
+            .map(|_| {
+                format!(
+                    "(product_code = {} AND period_start = {})",
+                    params.next(),
+                    params.next()
+                )
+            })
             .collect();
         let sql = format!(
             "SELECT product_code, period_start, paid_fen FROM product_totals WHERE {}",
