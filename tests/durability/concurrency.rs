@@ -544,7 +544,7 @@ async fn sixteen_streams_on_shared_members_keep_every_cap_and_equal_a_serial_rep
     }
 
     // The tables agree with themselves too.
-    let stored = check_db(&app.db_path, 2).await;
+    let stored = check_db(&app.database_url, 2).await;
     assert_eq!(stored.len(), total);
 
     let aggregate_reason = reason_value("CAP_AGGREGATE").expect("reason");

@@ -1,10 +1,10 @@
 //! The real `claimsd` binary killed with SIGKILL in the middle of a Settle stream, then restarted on
-//! the same SQLite file: every acknowledged claim is stored exactly once, as acknowledged; a claim in
-//! flight is stored whole or not at all; the running figures equal the sums over what is stored; and
+//! the same database (a SQLite file or a PostgreSQL database, as `CLAIMS_TEST_BACKEND` says): every
+//! acknowledged claim is stored exactly once, as acknowledged; a claim in flight is stored whole or
+//! not at all; the running figures equal the sums over what is stored; and
 //! resubmitting every claim replays the stored ones and settles the rest.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::common::{claim, row, start_server, CIXI_2022};
+use crate::common::{claim, drop_test_database, fresh_database_url, row, start_server_on, CIXI_2022};
 use crate::support::{
     catalogue_with, check_db, date_in, export_all, fen_text, key_of, member, replay, stored_counts, XorShift,
 };
@@ -101,17 +101,17 @@ struct World {
 }
 
 /// Settlements through the restarted server: exported in commit order and replayed through the
-/// engine, and checked in the file; returns the export.
-async fn check_everything(world: &World, channel: Channel, db_path: &Path) -> Vec<StoredSettlement> {
+/// engine, and checked in the database; returns the export.
+async fn check_everything(world: &World, channel: Channel, database_url: &str) -> Vec<StoredSettlement> {
     let exported = export_all(channel).await;
-    let in_db = check_db(db_path, LAYERS).await;
+    let in_db = check_db(database_url, LAYERS).await;
     assert_eq!(exported.len(), in_db.len(), "the export holds every stored settlement");
     for s in &exported {
         let b = s.settlement.as_ref().expect("settlement");
         let key = (b.hospital_id.clone(), b.claim_id.clone());
         let row = in_db
             .get(&key)
-            .unwrap_or_else(|| panic!("{key:?} exported, not in the file"));
+            .unwrap_or_else(|| panic!("{key:?} exported, not in the database"));
         assert_eq!(row.seq as u64, s.sequence, "{key:?}: sequence");
         assert_eq!(row.layers, b.layers.len(), "{key:?}: one layer row per layer");
     }
@@ -122,9 +122,9 @@ async fn check_everything(world: &World, channel: Channel, db_path: &Path) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_acknowledged_claim_and_half_writes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db_path = dir.path().join("claims.db");
+    let database_url = fresh_database_url(dir.path()).await;
 
-    let (mut server, channel) = start_server(dir.path(), "1").await;
+    let (mut server, channel) = start_server_on(&database_url, dir.path(), "1").await;
 
     // 20 DIBAO members in the four Cixi 2022 products.
     let mut rows = Vec::new();
@@ -215,8 +215,8 @@ async fn sigkill_mid_stream_loses_no_acknowledged_claim_and_half_writes_nothing(
         acked.len()
     );
 
-    // Restart on the same file.
-    let (server2, channel) = start_server(dir.path(), "2").await;
+    // Restart on the same database.
+    let (server2, channel) = start_server_on(&database_url, dir.path(), "2").await;
 
     // Every acknowledged claim: stored exactly once, as acknowledged. The first lookups go one at a
     // time to measure a unary call's latency; the rest 16 at a time.
@@ -250,13 +250,13 @@ async fn sigkill_mid_stream_loses_no_acknowledged_claim_and_half_writes_nothing(
         .await;
     // Replies came in request order: the acknowledged claims are the first ones sent.
     let acked_keys: Vec<(String, String)> = world.claims[..acked.len()].iter().map(key_of).collect();
-    let counts = stored_counts(&db_path, &acked_keys).await;
+    let counts = stored_counts(&database_url, &acked_keys).await;
     for (key, n) in acked_keys.iter().zip(&counts) {
         assert_eq!(*n, 1, "{key:?}: acknowledged claim stored {n} times");
     }
 
     // Whatever else is stored is whole, was sent, and keeps each member's stream order.
-    let after_restart = check_everything(&world, channel.clone(), &db_path).await;
+    let after_restart = check_everything(&world, channel.clone(), &database_url).await;
     let stored: BTreeSet<(String, String)> = after_restart
         .iter()
         .map(|s| {
@@ -335,9 +335,9 @@ async fn sigkill_mid_stream_loses_no_acknowledged_claim_and_half_writes_nothing(
     }
 
     let all_keys: Vec<(String, String)> = world.claims.iter().map(key_of).collect();
-    let counts = stored_counts(&db_path, &all_keys).await;
+    let counts = stored_counts(&database_url, &all_keys).await;
     assert!(counts.iter().all(|n| *n == 1), "every claim stored exactly once");
-    let finally = check_everything(&world, channel, &db_path).await;
+    let finally = check_everything(&world, channel, &database_url).await;
     assert_eq!(finally.len(), CLAIMS);
     for (key, original) in &before {
         let now = finally
@@ -347,6 +347,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_claim_and_half_writes_nothing(
         assert_eq!(now, original, "{key:?}: a settlement never changes");
     }
     drop(server2);
+    drop_test_database(&database_url).await;
 
     println!(
         "crash: killed after {} replies at {kill_time:.2?} ({:.0} claims/s acknowledged), {sent_at_kill} sent \

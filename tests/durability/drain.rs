@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::common::{row, start_server, CIXI_2022};
+use crate::common::{drop_test_database, fresh_database_url, row, start_server_on, CIXI_2022};
 use crate::crash::{member_id, random_claim, CIXI_START, MEMBERS};
 use crate::support::XorShift;
 
@@ -22,7 +22,8 @@ const AFTER_TERM: usize = 100;
 #[tokio::test]
 async fn sigterm_finishes_the_open_stream_refuses_new_connections_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut server, channel) = start_server(dir.path(), "drain").await;
+    let database_url = fresh_database_url(dir.path()).await;
+    let (mut server, channel) = start_server_on(&database_url, dir.path(), "drain").await;
     let mut rows = Vec::new();
     for i in 0..MEMBERS {
         for (p, product) in CIXI_2022.iter().enumerate() {
@@ -122,7 +123,7 @@ async fn sigterm_finishes_the_open_stream_refuses_new_connections_and_exits_clea
     );
 
     // Everything answered is stored.
-    let (_server2, channel) = start_server(dir.path(), "after-drain").await;
+    let (server2, channel) = start_server_on(&database_url, dir.path(), "after-drain").await;
     let mut client = SettlementServiceClient::new(channel);
     for claim in &claims {
         let stored = client
@@ -135,4 +136,6 @@ async fn sigterm_finishes_the_open_stream_refuses_new_connections_and_exits_clea
             .into_inner();
         assert_eq!(stored.settlement.expect("settlement").claim_id, claim.claim_id);
     }
+    drop(server2);
+    drop_test_database(&database_url).await;
 }

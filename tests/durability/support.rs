@@ -1,8 +1,7 @@
 //! What both durability tests share: a seeded RNG, the replay of committed settlements through the
-//! engine, and consistency checks read straight from the SQLite file.
+//! engine, and consistency checks read straight from the database (SQLite or PostgreSQL).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::str::FromStr;
 
 use claims::api::convert::{draft_from_request, settlement_to_proto};
@@ -11,10 +10,10 @@ use claims::domain::{ProductCode, Terms};
 use claims::proto::report_service_client::ReportServiceClient;
 use claims::proto::{ClaimRequest, ListSettlementsRequest, StoredSettlement};
 use rust_decimal::Decimal;
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::{Connection, Row};
 use tonic::transport::Channel;
 
-use crate::common::examples_dir;
+use crate::common::{connect_any, examples_dir};
 
 /// xorshift64: a few lines instead of a dependency; the same seed gives the same claims.
 pub struct XorShift(u64);
@@ -179,9 +178,11 @@ pub struct DbSettlement {
 /// Accumulator key: member, product, period start, benefit.
 type AccKey = (String, String, String, String);
 
-/// Reads the SQLite file directly and checks that nothing is half-written and every running figure
-/// equals the sum over the append-only rows:
-/// - the file passes `PRAGMA integrity_check` and `PRAGMA foreign_key_check`;
+/// Reads the database at `database_url` directly (SQLite or PostgreSQL) and checks that nothing is
+/// half-written and every running figure equals the sum over the append-only rows:
+/// - on SQLite, the file passes `PRAGMA integrity_check` and `PRAGMA foreign_key_check`; on both
+///   backends, every foreign key (layers and reversals to settlements, categories and enrollments to
+///   members) finds its row (PostgreSQL enforces them, SQLite only with `foreign_keys` on);
 /// - no layer row without its settlement, every settlement with exactly `expected_layers` layer rows
 ///   numbered 0..n, and its payout equal to the sum of its layers;
 /// - total cost = upstream + payout + out of pocket for every settlement;
@@ -190,30 +191,49 @@ type AccKey = (String, String, String, String);
 ///   sums over enrollments.
 ///
 /// Returns the settlements by (hospital, claim id).
-pub async fn check_db(db_path: &Path, expected_layers: usize) -> BTreeMap<(String, String), DbSettlement> {
-    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .expect("open db");
+pub async fn check_db(database_url: &str, expected_layers: usize) -> BTreeMap<(String, String), DbSettlement> {
+    let mut conn = connect_any(database_url).await;
 
-    let integrity: String = sqlx::query("PRAGMA integrity_check")
-        .fetch_one(&mut conn)
-        .await
-        .expect("integrity_check")
-        .get(0);
-    assert_eq!(integrity, "ok", "SQLite integrity check");
-    let fk = sqlx::query("PRAGMA foreign_key_check")
-        .fetch_all(&mut conn)
-        .await
-        .expect("foreign_key_check");
-    assert!(fk.is_empty(), "{} foreign key violations", fk.len());
-    let orphans: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM settlement_layers l WHERE NOT EXISTS (SELECT 1 FROM settlements s WHERE s.seq = l.seq)",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .expect("orphans")
-    .get(0);
-    assert_eq!(orphans, 0, "settlement_layers rows without their settlements row");
+    if database_url.starts_with("sqlite") {
+        let integrity: String = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&mut conn)
+            .await
+            .expect("integrity_check")
+            .get(0);
+        assert_eq!(integrity, "ok", "SQLite integrity check");
+        let fk = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut conn)
+            .await
+            .expect("foreign_key_check");
+        assert!(fk.is_empty(), "{} foreign key violations", fk.len());
+    }
+    for (what, query) in [
+        (
+            "settlement_layers rows without their settlements row",
+            "SELECT COUNT(*) FROM settlement_layers l WHERE NOT EXISTS (SELECT 1 FROM settlements s WHERE s.seq = l.seq)",
+        ),
+        (
+            "reversals without their settlements row",
+            "SELECT COUNT(*) FROM reversals r WHERE NOT EXISTS \
+             (SELECT 1 FROM settlements s WHERE s.seq = r.settlement_seq)",
+        ),
+        (
+            "member_categories rows without their members row",
+            "SELECT COUNT(*) FROM member_categories c WHERE NOT EXISTS \
+             (SELECT 1 FROM members m WHERE m.member_id = c.member_id)",
+        ),
+        (
+            "enrollments without their members row",
+            "SELECT COUNT(*) FROM enrollments e WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.member_id = e.member_id)",
+        ),
+    ] {
+        let orphans: i64 = sqlx::query(query)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .get(0);
+        assert_eq!(orphans, 0, "{what}");
+    }
 
     let reversed: BTreeSet<i64> = sqlx::query("SELECT settlement_seq FROM reversals")
         .fetch_all(&mut conn)
@@ -413,14 +433,13 @@ pub async fn check_db(db_path: &Path, expected_layers: usize) -> BTreeMap<(Strin
     by_seq.into_values().collect()
 }
 
-/// `SELECT COUNT(*) FROM settlements WHERE hospital_id = ? AND claim_id = ?` for each key.
-pub async fn stored_counts(db_path: &Path, keys: &[(String, String)]) -> Vec<i64> {
-    let mut conn = SqliteConnection::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .expect("open db");
+/// `SELECT COUNT(*) FROM settlements WHERE hospital_id = $1 AND claim_id = $2` for each key, in the
+/// database at `database_url` (SQLite or PostgreSQL).
+pub async fn stored_counts(database_url: &str, keys: &[(String, String)]) -> Vec<i64> {
+    let mut conn = connect_any(database_url).await;
     let mut out = Vec::with_capacity(keys.len());
     for (hospital, claim) in keys {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM settlements WHERE hospital_id = ? AND claim_id = ?")
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM settlements WHERE hospital_id = $1 AND claim_id = $2")
             .bind(hospital)
             .bind(claim)
             .fetch_one(&mut conn)
