@@ -28,17 +28,27 @@ impl BenefitUsage {
     }
 
     pub fn add(&mut self, other: &BenefitUsage) {
-        self.deductible_used += other.deductible_used;
-        self.band_position += other.band_position;
-        self.paid += other.paid;
+        self.deductible_used = unsigned_zero(self.deductible_used + other.deductible_used);
+        self.band_position = unsigned_zero(self.band_position + other.band_position);
+        self.paid = unsigned_zero(self.paid + other.paid);
     }
 
     pub fn negated(&self) -> BenefitUsage {
         BenefitUsage {
-            deductible_used: -self.deductible_used,
-            band_position: -self.band_position,
-            paid: -self.paid,
+            deductible_used: unsigned_zero(-self.deductible_used),
+            band_position: unsigned_zero(-self.band_position),
+            paid: unsigned_zero(-self.paid),
         }
+    }
+}
+
+/// `rust_decimal` keeps the sign of a zero (`-Decimal::ZERO` is "-0"), and a negative zero in an
+/// accumulator would come out of the next settlement as "-0.00". Every zero here is plain 0.
+fn unsigned_zero(value: Decimal) -> Decimal {
+    if value.is_zero() {
+        Decimal::ZERO
+    } else {
+        value
     }
 }
 
@@ -120,7 +130,7 @@ impl Accumulators {
         }
         let periods = self.members.entry(member.clone()).or_default();
         let mp = periods.entry(period.clone()).or_default();
-        mp.paid += delta.paid;
+        mp.paid = unsigned_zero(mp.paid + delta.paid);
         let usage = mp.benefits.entry(benefit.clone()).or_default();
         usage.add(delta);
         if usage.is_zero() {

@@ -1076,6 +1076,22 @@ proptest! {
             }
         }
         prop_assert_eq!(&acc, &others, "reversing claim {} of {}", reversed, settlements.len());
+        // Settling after a reversal gives plain zeros, never "-0.00".
+        for (i, claim) in world.claims.iter().enumerate() {
+            let member = &world.members[world.claim_member[i]];
+            let after = settle(&world.catalogue, member, claim, &acc);
+            let amounts = after
+                .layers
+                .iter()
+                .flat_map(|l| [l.eligible, l.deductible_applied, l.payout])
+                .chain([after.total_cost, after.upstream_total, after.payout_total, after.out_of_pocket]);
+            for amount in amounts {
+                prop_assert!(
+                    !(amount.is_zero() && amount.is_sign_negative()),
+                    "claim {} after reversing claim {}: a negative zero", i, reversed
+                );
+            }
+        }
     }
 
     /// 5. The order of line items and upstream payments does not matter.
