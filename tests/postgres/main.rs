@@ -8,42 +8,18 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod multiprocess;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use claims::api::convert::draft_from_request;
 use claims::domain::{settle, Accumulators, Catalogue, Category, Claim, Member, MemberId, Terms};
 use claims::proto::{settlement_reply, ClaimRequest, ListSettlementsRequest, LossRatioRequest, ReverseRequest};
 use common::*;
-use sqlx::{Connection, Executor, PgConnection};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-
-fn admin_url() -> String {
-    std::env::var("CLAIMS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A new, empty database on the test server; its URL.
-async fn fresh_database() -> String {
-    let admin = admin_url();
-    let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {admin} does not answer ({e}); run the tests with scripts/test, which starts one")
-    });
-    let name = format!(
-        "claims_test_{}_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, Ordering::Relaxed),
-        time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000
-    );
-    conn.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create database");
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
-    format!("{base}/{name}")
-}
+// `fresh_database()` (a new, empty database on the test server; its URL) is in tests/common.
 
 async fn spawn_pg_app(url: &str) -> TestApp {
     let url = url.to_owned();
