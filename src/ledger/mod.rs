@@ -18,7 +18,7 @@
 //! Writers read accumulators from the database inside their transaction rather than from a cache,
 //! so several processes can share one database and a restart needs no warm-up.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use time::Date;
@@ -28,7 +28,9 @@ use crate::domain::{
     layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
-use crate::store::{corrupt, now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TxMode, Writer};
+use crate::store::{
+    corrupt, now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
+};
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -726,6 +728,7 @@ async fn enroll(
 ) -> Result<Vec<Result<(), FieldErrors>>, StoreError> {
     let now = now_text();
     let mut results = Vec::with_capacity(rows.len());
+    let mut totals: BTreeMap<PeriodKey, TotalsDelta> = BTreeMap::new();
     for row in rows {
         let mut enrollment = None;
         if let Some((key, premium)) = &row.enrollment {
@@ -750,11 +753,14 @@ async fn enroll(
             w.set_category(&row.member_id, effective, category).await?;
         }
         if let Some((key, premium)) = enrollment {
-            w.enroll(&row.member_id, key, premium).await?;
+            let delta = w.enroll(&row.member_id, key, premium).await?;
+            totals.entry(key.clone()).or_default().add(&delta);
             touched.insert(key.clone());
         }
         results.push(Ok(()));
     }
+    // One upsert for the chunk, in period order, rather than one per row.
+    w.add_to_totals(&totals).await?;
     Ok(results)
 }
 

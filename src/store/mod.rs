@@ -130,6 +130,24 @@ impl Params {
     }
 }
 
+/// A change to the running figures of one product period, in fen and counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TotalsDelta {
+    pub written_premium_fen: i64,
+    pub enrolled_members: i64,
+    pub paid_fen: i64,
+    pub paid_claims: i64,
+}
+
+impl TotalsDelta {
+    pub fn add(&mut self, other: &TotalsDelta) {
+        self.written_premium_fen += other.written_premium_fen;
+        self.enrolled_members += other.enrolled_members;
+        self.paid_fen += other.paid_fen;
+        self.paid_claims += other.paid_claims;
+    }
+}
+
 /// A settlement to append.
 pub struct NewSettlement<'a> {
     pub claim_json: &'a str,
@@ -570,7 +588,7 @@ impl Writer {
     }
 
     /// Adds (`sign` 1) or takes back (-1) settlements' changes to the accumulators and their payouts
-    /// to the loss-ratio totals: one upsert for the accumulators, one update per product period.
+    /// to the loss-ratio totals: one upsert for the accumulators and one for the totals.
     async fn add_to_running_figures(&mut self, settlements: &[&Settlement], sign: i64) -> Result<()> {
         let mut usage: BTreeMap<(&MemberId, &PeriodKey, &BenefitCode), BenefitUsage> = BTreeMap::new();
         let mut totals: BTreeMap<PeriodKey, (Decimal, i64)> = BTreeMap::new();
@@ -613,8 +631,26 @@ impl Writer {
             }
             query.execute(&mut self.conn).await?;
         }
-        let totals: Vec<_> = totals.into_iter().collect();
-        for chunk in totals.chunks(ROWS_PER_STATEMENT_MAX) {
+        let mut deltas = BTreeMap::new();
+        for (key, (paid, claims)) in totals {
+            let paid = fen(paid, "product_total_shards")?;
+            deltas.insert(
+                key,
+                TotalsDelta {
+                    paid_fen: sign * paid,
+                    paid_claims: sign * claims,
+                    ..TotalsDelta::default()
+                },
+            );
+        }
+        self.add_to_totals(&deltas).await
+    }
+
+    /// Adds to this writer's shard of the running figures of each period, in ascending period
+    /// order (so two writers that share a shard lock its rows in the same order).
+    pub async fn add_to_totals(&mut self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<()> {
+        let rows: Vec<(&PeriodKey, &TotalsDelta)> = deltas.iter().collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
             let mut sql = String::from(
                 "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
                  enrolled_members, paid_fen, paid_claims) VALUES ",
@@ -622,19 +658,21 @@ impl Writer {
             sql.push_str(&Params::new(self.backend).values(chunk.len(), 7));
             sql.push_str(
                 " ON CONFLICT (product_code, period_start, shard) DO UPDATE SET \
+                 written_premium_fen = product_total_shards.written_premium_fen + excluded.written_premium_fen, \
+                 enrolled_members = product_total_shards.enrolled_members + excluded.enrolled_members, \
                  paid_fen = product_total_shards.paid_fen + excluded.paid_fen, \
                  paid_claims = product_total_shards.paid_claims + excluded.paid_claims",
             );
             let mut query = sqlx::query(&sql);
-            for (key, (paid, claims)) in chunk {
+            for (key, d) in chunk {
                 query = query
                     .bind(key.product.as_str())
                     .bind(format_date(key.start))
                     .bind(self.shard)
-                    .bind(0_i64)
-                    .bind(0_i64)
-                    .bind(sign * fen(*paid, "product_total_shards")?)
-                    .bind(sign * claims);
+                    .bind(d.written_premium_fen)
+                    .bind(d.enrolled_members)
+                    .bind(d.paid_fen)
+                    .bind(d.paid_claims);
             }
             query.execute(&mut self.conn).await?;
         }
@@ -690,9 +728,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Enrolls a member (or changes the premium of an enrollment), keeping the written premium and
-    /// member count of the period's running totals in step.
-    pub async fn enroll(&mut self, member_id: &MemberId, key: &PeriodKey, premium: Money) -> Result<()> {
+    /// Enrolls a member (or changes the premium of an enrollment). Returns what it changes of the
+    /// period's written premium and member count, for [`Writer::add_to_totals`] in the same
+    /// transaction.
+    pub async fn enroll(&mut self, member_id: &MemberId, key: &PeriodKey, premium: Money) -> Result<TotalsDelta> {
         let start = format_date(key.start);
         let previous = sqlx::query(
             "SELECT premium_fen FROM enrollments WHERE member_id = $1 AND product_code = $2 AND period_start = $3",
@@ -717,24 +756,13 @@ impl Writer {
         .bind(premium_fen)
         .execute(&mut self.conn)
         .await?;
-        sqlx::query(
-            "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
-             enrolled_members, paid_fen, paid_claims) VALUES ($1, $2, $3, $4, $5, 0, 0) \
-             ON CONFLICT (product_code, period_start, shard) DO UPDATE SET \
-             written_premium_fen = product_total_shards.written_premium_fen + excluded.written_premium_fen, \
-             enrolled_members = product_total_shards.enrolled_members + excluded.enrolled_members",
-        )
-        .bind(key.product.as_str())
-        .bind(&start)
-        .bind(self.shard)
-        .bind(premium_delta)
-        .bind(member_delta)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
+        Ok(TotalsDelta {
+            written_premium_fen: premium_delta,
+            enrolled_members: member_delta,
+            ..TotalsDelta::default()
+        })
     }
 
-    /// Loss-ratio figures of some periods, read inside the writer's view (after a commit).
     /// The running figures of some product periods, read after a commit.
     pub async fn loss_ratios_of(&mut self, keys: &[&PeriodKey]) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
         let mut all = Vec::with_capacity(keys.len());
