@@ -10,12 +10,14 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::api::bench::BenchApi;
 use crate::api::member::MemberApi;
 use crate::api::report::ReportApi;
 use crate::api::settlement::SettlementApi;
 use crate::api::terms::TermsApi;
 use crate::domain::{FieldErrors, Terms};
 use crate::ledger::{Ledger, LedgerConfig, LedgerError};
+use crate::proto::bench_service_server::BenchServiceServer;
 use crate::proto::member_service_server::MemberServiceServer;
 use crate::proto::report_service_server::ReportServiceServer;
 use crate::proto::settlement_service_server::SettlementServiceServer;
@@ -40,6 +42,8 @@ pub struct Settings {
     /// Where to serve Prometheus metrics (`/metrics`); none: not served. At most one server per
     /// process may serve them (the recorder is global).
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve `claims.v1.BenchService` (echo baselines and process figures for `claimsctl bench`).
+    pub bench: bool,
 }
 
 impl Default for Settings {
@@ -53,6 +57,7 @@ impl Default for Settings {
             db_connections_max: 8,
             drain_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            bench: false,
         }
     }
 }
@@ -147,14 +152,24 @@ impl Application {
         health.set_serving::<ReportServiceServer<ReportApi>>().await;
         // Both reflection versions: grpcurl and older tools ask for v1alpha.
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
+            let builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            if settings.bench {
+                builder.register_encoded_file_descriptor_set(crate::api::bench::FILE_DESCRIPTOR_SET)
+            } else {
+                builder
+            }
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let max = settings.max_message_bytes;
         let store = ledger.store().clone();
+        let bench = settings.bench.then(|| {
+            BenchServiceServer::new(BenchApi::new(max * 4))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max * 4)
+        });
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let (draining_watch_tx, draining_watch) = tokio::sync::watch::channel(false);
@@ -181,6 +196,8 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
+            // Only with --bench.
+            .add_optional_service(bench)
             .add_service(
                 SettlementServiceServer::new(SettlementApi::new(ledger.clone()))
                     .max_decoding_message_size(max)

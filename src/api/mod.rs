@@ -1,5 +1,6 @@
 //! The gRPC edge: proto <-> domain conversion, error mapping and the tonic services.
 
+pub mod bench;
 pub mod convert;
 pub mod error;
 pub mod member;

@@ -36,7 +36,11 @@ struct Args {
     /// Commands that may wait for the writer before senders are slowed down.
     #[arg(long, env = "CLAIMS_QUEUE_MAX", default_value_t = 4096)]
     queue_max: usize,
-    /// Database connections in the pool (the writer uses one, reads share the rest).
+    /// Writer tasks, each with its own connection, settling different members' claims side by side
+    /// (PostgreSQL; with SQLite one writer is used whatever this says).
+    #[arg(long, env = "CLAIMS_WRITERS", default_value_t = 4)]
+    writers: usize,
+    /// Database connections in the pool for reads (each writer has one of its own besides).
     #[arg(long, env = "CLAIMS_DB_CONNECTIONS", default_value_t = 8)]
     db_connections: u32,
     /// Seconds a SIGTERM waits for open streams to finish before stopping anyway.
@@ -46,6 +50,10 @@ struct Args {
     /// when absent.
     #[arg(long, env = "CLAIMS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Also serve claims.v1.BenchService: the echo RPCs and process figures (CPU time, peak memory)
+    /// that `claimsctl bench` compares the real RPCs with. For benchmark runs, not for production.
+    #[arg(long, env = "CLAIMS_BENCH")]
+    bench: bool,
 }
 
 #[tokio::main]
@@ -60,10 +68,12 @@ async fn main() -> std::process::ExitCode {
         ledger: LedgerConfig {
             queue_max: args.queue_max,
             batch_max: args.batch_max,
+            writers: args.writers,
         },
         db_connections_max: args.db_connections,
         drain_timeout: Duration::from_secs(args.drain_seconds),
         metrics_listen: args.metrics_listen,
+        bench: args.bench,
     };
     let code = match Application::build(settings).await {
         Err(e) => {

@@ -1,8 +1,10 @@
 //! `load`: the load generator. Settles a claims file, repeated under rewritten claim ids, over several
 //! concurrent Settle streams, each a closed loop with a bounded window of claims in flight (as
-//! `benches/service.rs` does in process), and reports throughput and latency percentiles.
+//! `benches/service.rs` does in process), and reports throughput and latency percentiles. The closed
+//! loop ([`pipeline`]) also drives the stream modes of `claimsctl bench`, which generates its claims.
 
 use std::fs::File;
+use std::future::Future;
 use std::io::BufReader;
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use claims::domain::ClaimId;
 use claims::proto::settlement_service_client::SettlementServiceClient;
-use claims::proto::ClaimRequest;
+use claims::proto::{ClaimRequest, SettlementReply};
 use indicatif::ProgressBar;
 use time::macros::format_description;
 use time::OffsetDateTime;
@@ -96,46 +98,55 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, n) - 1])
 }
 
-/// What one stream did.
+/// What one pipelined stream did (see [`pipeline`]).
 #[derive(Debug, Default)]
-struct StreamOutcome {
-    sent: u64,
-    tally: Tally,
-    /// From sending each claim to its reply, in reply order.
-    latencies: Vec<Duration>,
-    failure: Option<BoxError>,
+pub struct StreamOutcome {
+    /// Requests handed to the stream.
+    pub sent: u64,
+    pub replies: u64,
+    /// From sending each request to its reply, in reply order.
+    pub latencies: Vec<Duration>,
+    pub failure: Option<BoxError>,
 }
 
-/// One closed-loop Settle stream: sends its share of the run with at most `window` claims in flight and
-/// times every claim from sending to its reply (replies come in request order).
-async fn run_stream(
-    channel: Channel,
-    claims: Arc<Vec<ClaimRequest>>,
-    suffix: Arc<str>,
-    stream: usize,
-    options: &LoadOptions,
-    total: u64,
-    bar: ProgressBar,
-) -> StreamOutcome {
-    let window = options.window.max(1);
-    let planned = positions(stream, options.streams, total).count() as u64;
-    let (tx, rx) = mpsc::channel::<ClaimRequest>(window);
-    // Claim id and send time of every claim sent and not yet answered, in order.
-    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(String, Instant)>();
+/// Drives one bidirectional stream as a closed loop, the way a billing system pipelines its backlog: a
+/// send task feeds `requests` into the stream with at most `window` of them unanswered, while this task
+/// reads the replies (one per request, in request order), times each request from sending to its reply,
+/// and hands the reply with `key` of its request to `on_reply` (an error from it ends the stream). `open`
+/// starts the RPC on the request stream; `planned` is how many requests `requests` yields, so that a
+/// stream the server ends early is a failure. `rpc` names the RPC in errors.
+pub async fn pipeline<Req, Rep, K, Open, Fut>(
+    requests: impl Iterator<Item = Req> + Send + 'static,
+    planned: u64,
+    window: usize,
+    key: impl Fn(&Req) -> K + Send + 'static,
+    open: Open,
+    mut on_reply: impl FnMut(K, &Rep) -> Result<()>,
+    rpc: &str,
+) -> StreamOutcome
+where
+    Req: Send + 'static,
+    K: Send + 'static,
+    Open: FnOnce(ReceiverStream<Req>) -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<tonic::Streaming<Rep>>, tonic::Status>>,
+{
+    let window = window.max(1);
+    let (tx, rx) = mpsc::channel::<Req>(window);
+    // The key and send time of every request sent and not yet answered, in order.
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(K, Instant)>();
     let in_flight = Arc::new(Semaphore::new(window));
     let sent = Arc::new(AtomicU64::new(0));
 
     let feeder = {
-        let (permits, sent, streams) = (in_flight.clone(), sent.clone(), options.streams);
+        let (permits, sent) = (in_flight.clone(), sent.clone());
         tokio::spawn(async move {
-            for k in positions(stream, streams, total) {
-                // A permit per claim in flight; the reply loop gives it back. Closed: the stream is over.
+            for request in requests {
+                // A permit per request in flight; the reply loop gives it back. Closed: the stream is over.
                 let Ok(permit) = permits.acquire().await else {
                     break;
                 };
                 permit.forget();
-                let request = nth_claim(&claims, &suffix, k);
-                if sent_tx.send((request.claim_id.clone(), Instant::now())).is_err() {
+                if sent_tx.send((key(&request), Instant::now())).is_err() {
                     break;
                 }
                 if tx.send(request).await.is_err() {
@@ -150,8 +161,7 @@ async fn run_stream(
         latencies: Vec::with_capacity(usize::try_from(planned).unwrap_or(0)),
         ..StreamOutcome::default()
     };
-    let mut client = SettlementServiceClient::new(channel);
-    match client.settle(ReceiverStream::new(rx)).await {
+    match open(ReceiverStream::new(rx)).await {
         Ok(response) => {
             let mut replies = response.into_inner();
             loop {
@@ -159,47 +169,85 @@ async fn run_stream(
                     Ok(Some(reply)) => {
                         // The request went into the stream after its entry was queued, so the entry of
                         // every reply is there already.
-                        let Ok((claim_id, sent_at)) = sent_rx.try_recv() else {
-                            outcome.failure = Some(fail(format!(
-                                "the server sent a reply (claim {:?}) for no claim sent",
-                                reply.claim_id
-                            )));
+                        let Ok((key, sent_at)) = sent_rx.try_recv() else {
+                            outcome.failure = Some(fail(format!("{rpc}: the server sent a reply for no request sent")));
                             break;
                         };
                         outcome.latencies.push(sent_at.elapsed());
                         in_flight.add_permits(1);
-                        if reply.claim_id != claim_id {
-                            outcome.failure = Some(fail(format!(
-                                "reply out of order: claim {:?} answered where {claim_id:?} was due",
-                                reply.claim_id
-                            )));
+                        outcome.replies += 1;
+                        if let Err(e) = on_reply(key, &reply) {
+                            outcome.failure = Some(e);
                             break;
                         }
-                        outcome.tally.add(&reply);
-                        bar.inc(1);
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        outcome.failure = Some(rpc_error("the Settle stream failed", &status));
+                        outcome.failure = Some(rpc_error(&format!("the {rpc} stream failed"), &status));
                         break;
                     }
                 }
             }
         }
-        Err(status) => outcome.failure = Some(rpc_error("Settle", &status)),
+        Err(status) => outcome.failure = Some(rpc_error(rpc, &status)),
     }
     // The stream is over: a feeder still waiting for room or sending stops.
     in_flight.close();
     feeder.abort();
     let _ = feeder.await;
     outcome.sent = sent.load(Ordering::Relaxed);
-    if outcome.failure.is_none() && outcome.tally.replies < planned {
+    if outcome.failure.is_none() && outcome.replies < planned {
         outcome.failure = Some(fail(format!(
-            "the server closed the Settle stream after {} replies for {} claims sent ({planned} to send)",
-            outcome.tally.replies, outcome.sent
+            "the server closed the {rpc} stream after {} replies for {} requests sent ({planned} to send)",
+            outcome.replies, outcome.sent
         )));
     }
     outcome
+}
+
+/// Checks that a Settle reply answers the claim that was due (replies come in request order).
+pub fn check_in_order(due: &str, reply: &SettlementReply) -> Result<()> {
+    if reply.claim_id == due {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "reply out of order: claim {:?} answered where {due:?} was due",
+            reply.claim_id
+        )))
+    }
+}
+
+/// One closed-loop Settle stream of a load run: sends its share of the run (see [`positions`]) with at
+/// most `window` claims in flight and tallies the replies.
+async fn run_stream(
+    channel: Channel,
+    claims: Arc<Vec<ClaimRequest>>,
+    suffix: Arc<str>,
+    stream: usize,
+    options: &LoadOptions,
+    total: u64,
+    bar: ProgressBar,
+) -> (StreamOutcome, Tally) {
+    let planned = positions(stream, options.streams, total).count() as u64;
+    let requests = positions(stream, options.streams, total).map(move |k| nth_claim(&claims, &suffix, k));
+    let mut client = SettlementServiceClient::new(channel);
+    let mut tally = Tally::default();
+    let outcome = pipeline(
+        requests,
+        planned,
+        options.window,
+        |r: &ClaimRequest| r.claim_id.clone(),
+        move |rx| async move { client.settle(rx).await },
+        |due: String, reply: &SettlementReply| {
+            check_in_order(&due, reply)?;
+            tally.add(reply);
+            bar.inc(1);
+            Ok(())
+        },
+        "Settle",
+    )
+    .await;
+    (outcome, tally)
 }
 
 /// Reads the claims file whole; lines that are not claims are kept in the outcome's `bad`.
@@ -255,9 +303,9 @@ pub async fn run(server: &Server, path: &Path, options: LoadOptions) -> Result<E
     let mut failures = Vec::new();
     for (stream, task) in tasks.into_iter().enumerate() {
         match task.await {
-            Ok(outcome) => {
+            Ok((outcome, stream_tally)) => {
                 sent += outcome.sent;
-                tally.merge(outcome.tally);
+                tally.merge(stream_tally);
                 latencies.extend(outcome.latencies);
                 if let Some(e) = outcome.failure {
                     failures.push((stream, e));

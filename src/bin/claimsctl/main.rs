@@ -3,6 +3,7 @@
 //! Every command talks gRPC to `claimsd` (see `--server`), except `terms validate` without
 //! `--remote`, which checks terms files locally with the same parser the server uses.
 
+mod bench;
 mod load;
 mod members;
 mod reports;
@@ -79,8 +80,8 @@ pub fn rpc_error(what: &str, status: &tonic::Status) -> BoxError {
     about = "Command-line client of the claims settlement service (claimsd)",
     long_about = "Command-line client of the claims settlement service (claimsd): apply and validate product \
                   terms, import member rosters, submit claims from JSON Lines files, preview, reverse and show \
-                  settlements, show members and loss ratios, export settlements for reconciliation, and run a load \
-                  generator against the Settle stream.\n\n\
+                  settlements, show members and loss ratios, export settlements for reconciliation, run a load \
+                  generator against the Settle stream, and benchmark a server against echo baselines.\n\n\
                   Amounts are printed exactly as the server sends them (decimal strings, CNY with two decimals). \
                   Exit status: 0 on success, 1 when a command failed or (for import and apply) refused any input."
 )]
@@ -147,6 +148,40 @@ enum Command {
     /// Prints claims sent, settled, replayed and refused (by gRPC code), elapsed time, claims per second
     /// and latency percentiles. Exit 1 if a stream fails (refused claims are counted, not failures).
     Load(LoadArgs),
+    /// Benchmark a running claimsd: synthetic roster and claim mix, Settle streams, SettleOne, Preview and
+    /// echo baselines; claims/s, latency percentiles, server CPU and peak memory (writes real settlements).
+    ///
+    /// A BENCH RUN WRITES REAL SETTLEMENTS and enrolls members BM000000, BM000001, ...: point it at a test
+    /// server, e.g. `claimsd --bench --database-url sqlite:///tmp/bench/claims.db --terms-dir examples/terms`
+    /// on a fresh database. --bench (CLAIMS_BENCH) makes the server also serve claims.v1.BenchService: the
+    /// echo RPCs and its CPU time and peak resident memory; without it only stream, unary and preview run
+    /// and the server figures are missing.
+    ///
+    /// Roster: --members members (unless --skip-roster), each enrolled in the Zhongning anti-poverty
+    /// product 2020-04-26 (category AT_RISK or UNSTABLE_EXIT from that day) and in the four Cixi 2022
+    /// layers (DIBAO, DIBAO_MARGINAL or DESTITUTE from 2022-01-01); the server must have those terms
+    /// (--terms-dir examples/terms). Rows are sent in Enroll streams of 10,000 members.
+    ///
+    /// Claims, generated from --seed before each mode starts (same seed, same claims): 70% outpatient with
+    /// 1-5 lines, 25% inpatient with 5-30 lines, 5% non-medical (education, disaster, accident loss);
+    /// medical claims in 2022 four times in five, else in the Zhongning period; 2% of the claims belong to
+    /// ten heavy members, so that caps bind. Claim ids are <run-id>-<set>-<n>, the set naming the mode and
+    /// its shape (s4: 4 streams, u64 and p64: unary and preview at concurrency 64), so that no run or mode
+    /// replays another's claims.
+    ///
+    /// Modes, in this order: for each --streams value S, `stream` (S Settle streams over C connections,
+    /// each pipelined with at most --window claims in flight) then `echo-stream` (the same claims through
+    /// EchoStream in the same shape); for each --concurrency value K, `unary` (K concurrent callers of
+    /// SettleOne, each one claim at a time), `echo-unary` (the same claims through Echo), and `preview`
+    /// (K callers of Preview). The echo answers every claim with as many bytes as its real reply had
+    /// (measured in the real mode just before; estimated from Preview replies when that mode is not run).
+    /// Latency is from sending a claim to its reply.
+    ///
+    /// Prints one row per mode: claims, claims/s, latency p50/p90/p99/p99.9/max, server CPU seconds (and
+    /// per claim) and peak RSS during the mode, the client's CPU seconds, the mean reply size and refusals;
+    /// then each real mode's figures divided by those of its echo baseline. --json prints one JSON document
+    /// instead. Exit 1 if a stream or caller fails (refused claims are counted, not failures).
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -311,6 +346,72 @@ struct LoadArgs {
     quiet: bool,
 }
 
+/// The modes of `claimsctl bench`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BenchMode {
+    /// Settle streams.
+    Stream,
+    /// SettleOne calls.
+    Unary,
+    /// Preview calls (nothing written).
+    Preview,
+    /// Echo baselines (needs claimsd --bench) for the stream and unary shapes that run.
+    Echo,
+}
+
+// The arguments of `claimsctl bench` (its help is on `Command::Bench`).
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Members in the roster (BM000000 onwards), five enrollment rows each; claims go to these members.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    members: u32,
+    /// Claims sent in each mode run (each --streams and --concurrency value is a run of every mode).
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    claims: u64,
+    /// Settle streams of the stream modes: one run per value, e.g. 1,4.
+    #[arg(long, value_name = "S,...", value_delimiter = ',', default_values_t = [1u32, 4], value_parser = clap::value_parser!(u32).range(1..=1024))]
+    streams: Vec<u32>,
+    /// HTTP/2 connections the streams (or the concurrent unary callers) share, dealt in turn; default: one
+    /// per stream or caller. At most one per stream or caller.
+    #[arg(long, value_name = "C", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: Option<u32>,
+    /// Most claims in flight (sent, not yet answered) per stream.
+    #[arg(long, value_name = "W", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    window: u32,
+    /// Concurrent callers of the unary and preview modes: one run per value, e.g. 1,64.
+    #[arg(long, value_name = "K,...", value_delimiter = ',', default_values_t = [1u32, 64], value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: Vec<u32>,
+    /// Which modes run (comma-separated).
+    #[arg(long, value_name = "MODES", value_delimiter = ',', default_values_t = [BenchMode::Stream, BenchMode::Unary, BenchMode::Preview, BenchMode::Echo])]
+    modes: Vec<BenchMode>,
+    /// Seed of the claim mix: the same seed gives the same claims (apart from the run id in claim ids).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Do not load the roster: it was loaded before with at least --members members.
+    #[arg(long)]
+    skip_roster: bool,
+    /// Put into every claim id (ASCII letters, digits and - _ . : /); default: the current UTC time, such as
+    /// 20250612T101530.123. Reusing one resends the same claim ids, which the server answers as replays.
+    #[arg(long, value_name = "TEXT", value_parser = load::parse_suffix)]
+    run_id: Option<String>,
+    /// Print one JSON document instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// Do not show progress bars (drawn on stderr, and only when stderr is a terminal).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl std::fmt::Display for BenchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use clap::ValueEnum as _;
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Checks a YYYY-MM-DD date argument with the domain's date parser and keeps the text.
 fn parse_date_arg(text: &str) -> Result<String, String> {
     ::claims::domain::parse_date(text).map(|_| text.to_owned())
@@ -332,6 +433,11 @@ impl Server {
             url: cli.server.clone(),
             endpoint,
         })
+    }
+
+    /// The server's URL, as given.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Opens a new HTTP/2 connection (each call its own).
@@ -418,6 +524,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 quiet: args.quiet,
             };
             load::run(&Server::from_cli(&cli)?, &args.jsonl, options).await
+        }
+        Command::Bench(args) => {
+            let options = bench::BenchOptions {
+                members: args.members,
+                claims: args.claims,
+                streams: args.streams.clone(),
+                connections: args.connections,
+                window: args.window,
+                concurrency: args.concurrency.clone(),
+                stream: args.modes.contains(&BenchMode::Stream),
+                unary: args.modes.contains(&BenchMode::Unary),
+                preview: args.modes.contains(&BenchMode::Preview),
+                echo: args.modes.contains(&BenchMode::Echo),
+                seed: args.seed,
+                skip_roster: args.skip_roster,
+                run_id: args
+                    .run_id
+                    .clone()
+                    .unwrap_or_else(|| load::default_suffix(time::OffsetDateTime::now_utc())),
+                json: args.json,
+                quiet: args.quiet,
+            };
+            bench::run(&Server::from_cli(&cli)?, options).await
         }
     }
 }
