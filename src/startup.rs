@@ -166,9 +166,10 @@ impl Application {
         let max = settings.max_message_bytes;
         let store = ledger.store().clone();
         let bench = settings.bench.then(|| {
+            // A payload of the largest real reply's size, plus its field tag and length prefix.
             BenchServiceServer::new(BenchApi::new(max * 4))
                 .max_decoding_message_size(max)
-                .max_encoding_message_size(max * 4)
+                .max_encoding_message_size(max * 4 + crate::api::bench::ECHO_FRAMING_BYTES)
         });
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();

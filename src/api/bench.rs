@@ -25,6 +25,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("clai
 /// Clock ticks a second in `/proc/self/stat` (`USER_HZ`).
 pub const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
+/// What an `EchoReply` adds to its payload when encoded: the field tag and the length prefix (a
+/// varint of at most 10 bytes). The service's encoding limit is the payload limit plus this.
+pub const ECHO_FRAMING_BYTES: usize = 11;
+
 /// The service. `reply_bytes_max` bounds what one echo reply may ask for.
 #[derive(Debug, Clone)]
 pub struct BenchApi {
@@ -39,9 +43,9 @@ impl BenchApi {
     fn reply(&self, request: &EchoRequest) -> Result<EchoReply, Status> {
         let n = usize::try_from(request.reply_bytes).unwrap_or(usize::MAX);
         if n > self.reply_bytes_max {
-            return Err(Status::invalid_argument(format!(
-                "reply_bytes: {n} is above the limit of {} bytes",
-                self.reply_bytes_max
+            return Err(crate::api::error::invalid(&crate::domain::FieldErrors::single(
+                "reply_bytes",
+                format!("{n} is above the limit of {} bytes", self.reply_bytes_max),
             )));
         }
         Ok(EchoReply { payload: vec![0; n] })

@@ -47,6 +47,16 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The aggregate that joins text with a separator.
+    fn string_agg(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "group_concat",
+            Backend::Postgres => "string_agg",
+        }
+    }
+}
+
 /// The database: a pool for reads and for the ledger's single writer.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -794,7 +804,11 @@ async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
     Ok(catalogue)
 }
 
-/// Members with categories and enrollments, in one query: the writer reads them for every batch.
+/// Members with categories and enrollments, in one query of one row per member: the writer reads
+/// them for every batch, and on SQLite every row costs a hand-off between sqlx's worker thread and
+/// the runtime (the profile in docs/benchmarks.md), so each member's categories and enrollments
+/// come back folded into one text column each (`2022-01-01=DIBAO,...`, `code@2022-01-01=15000,...`;
+/// no code, date, category or number contains `,`, `@` or `=`).
 async fn load_members(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -804,53 +818,44 @@ async fn load_members(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut params = Params::new(backend);
-    let (members, categories, enrollments) = (params.list(ids.len()), params.list(ids.len()), params.list(ids.len()));
+    let agg = backend.string_agg();
     let sql = format!(
-        "SELECT member_id, 'm' AS kind, '' AS a, '' AS b, 0 AS n FROM members WHERE member_id IN ({members}) \
-         UNION ALL SELECT member_id, 'c', effective_date, category, 0 FROM member_categories \
-         WHERE member_id IN ({categories}) \
-         UNION ALL SELECT member_id, 'e', product_code, period_start, premium_fen FROM enrollments \
-         WHERE member_id IN ({enrollments})"
+        "SELECT m.member_id AS member_id, \
+         COALESCE((SELECT {agg}(c.effective_date || '=' || c.category, ',') FROM member_categories c \
+                   WHERE c.member_id = m.member_id), '') AS categories, \
+         COALESCE((SELECT {agg}(e.product_code || '@' || e.period_start || '=' || CAST(e.premium_fen AS TEXT), ',') \
+                   FROM enrollments e WHERE e.member_id = m.member_id), '') AS enrollments \
+         FROM members m WHERE m.member_id IN ({})",
+        Params::new(backend).list(ids.len())
     );
     let mut query = sqlx::query(&sql);
-    for _ in 0..3 {
-        for id in ids {
-            query = query.bind(id.as_str());
-        }
+    for id in ids {
+        query = query.bind(id.as_str());
     }
-    let rows = query.fetch_all(&mut *conn).await?;
-    let mut members: HashMap<String, (bool, Member)> = HashMap::new();
-    for row in rows {
+    for row in query.fetch_all(&mut *conn).await? {
         let id: String = row.try_get("member_id")?;
-        let entry = match members.entry(id) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let member_id = MemberId::parse(v.key()).map_err(|e| corrupt("members", e))?;
-                v.insert((false, Member::new(member_id)))
-            }
-        };
-        let kind: String = row.try_get("kind")?;
-        let a: String = row.try_get("a")?;
-        let b: String = row.try_get("b")?;
-        match kind.as_str() {
-            "m" => entry.0 = true,
-            "c" => {
-                let date = date_col(&a, "member_categories")?;
-                let category = Category::from_str(&b).map_err(|e| corrupt("member_categories", e))?;
-                entry.1.categories.set(date, category);
-            }
-            _ => {
-                let key = period_key(&a, &b, "enrollments")?;
-                let premium = Money::from_fen(row.try_get("n")?).map_err(|e| corrupt("enrollments", e))?;
-                entry.1.enrollments.insert(key, premium);
-            }
+        let mut member = Member::new(MemberId::parse(&id).map_err(|e| corrupt("members", e))?);
+        let categories: String = row.try_get("categories")?;
+        for item in categories.split(',').filter(|i| !i.is_empty()) {
+            let (date, category) = item
+                .split_once('=')
+                .ok_or_else(|| corrupt("member_categories", format!("{item:?}")))?;
+            let date = date_col(date, "member_categories")?;
+            let category = Category::from_str(category).map_err(|e| corrupt("member_categories", e))?;
+            member.categories.set(date, category);
         }
-    }
-    for (exists, member) in members.into_values() {
-        if exists {
-            found.insert(member.id.clone(), member);
+        let enrollments: String = row.try_get("enrollments")?;
+        for item in enrollments.split(',').filter(|i| !i.is_empty()) {
+            let bad = || corrupt("enrollments", format!("{item:?}"));
+            let (period, premium) = item.split_once('=').ok_or_else(bad)?;
+            let (code, start) = period.split_once('@').ok_or_else(bad)?;
+            let premium = premium.parse::<i64>().map_err(|_| bad())?;
+            let premium = Money::from_fen(premium).map_err(|e| corrupt("enrollments", e))?;
+            member
+                .enrollments
+                .insert(period_key(code, start, "enrollments")?, premium);
         }
+        found.insert(member.id.clone(), member);
     }
     Ok(())
 }
@@ -874,10 +879,13 @@ async fn load_accumulators(
     if keys.is_empty() || members.is_empty() {
         return Ok(acc);
     }
+    // One row per member, as for `load_members`: `code@start@benefit=deductible/band/paid,...`.
+    let agg = backend.string_agg();
     for chunk in members.chunks(ROWS_PER_STATEMENT_MAX) {
         let sql = format!(
-            "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, \
-             paid_fen FROM accumulators WHERE member_id IN ({})",
+            "SELECT member_id, {agg}(product_code || '@' || period_start || '@' || benefit_code || '=' || \
+             CAST(deductible_used_fen AS TEXT) || '/' || CAST(band_position_fen AS TEXT) || '/' || \
+             CAST(paid_fen AS TEXT), ',') AS usage FROM accumulators WHERE member_id IN ({}) GROUP BY member_id",
             Params::new(backend).list(chunk.len())
         );
         let mut query = sqlx::query(&sql);
@@ -885,24 +893,15 @@ async fn load_accumulators(
             query = query.bind(m.as_str());
         }
         for row in query.fetch_all(&mut *conn).await? {
-            let key = period_key(
-                &row.try_get::<String, _>("product_code")?,
-                &row.try_get::<String, _>("period_start")?,
-                "accumulators",
-            )?;
-            if !keys.contains(&key) {
-                continue;
-            }
             let member =
                 MemberId::parse(&row.try_get::<String, _>("member_id")?).map_err(|e| corrupt("accumulators", e))?;
-            let benefit = BenefitCode::parse(&row.try_get::<String, _>("benefit_code")?)
-                .map_err(|e| corrupt("accumulators", e))?;
-            let usage = BenefitUsage {
-                deductible_used: from_fen(row.try_get("deductible_used_fen")?),
-                band_position: from_fen(row.try_get("band_position_fen")?),
-                paid: from_fen(row.try_get("paid_fen")?),
-            };
-            acc.add(&member, &key, &benefit, &usage);
+            let usage: String = row.try_get("usage")?;
+            for item in usage.split(',').filter(|i| !i.is_empty()) {
+                let (key, benefit, usage) = parse_usage(item)?;
+                if keys.contains(&key) {
+                    acc.add(&member, &key, &benefit, &usage);
+                }
+            }
         }
     }
     // Other members' payouts count towards aggregate caps: each period's stored total less the part
@@ -940,6 +939,31 @@ async fn load_accumulators(
         }
     }
     Ok(acc)
+}
+
+/// One folded accumulator row: `code@start@benefit=deductible/band/paid` in fen.
+fn parse_usage(item: &str) -> Result<(PeriodKey, BenefitCode, BenefitUsage)> {
+    let bad = || corrupt("accumulators", format!("{item:?}"));
+    let (key, figures) = item.split_once('=').ok_or_else(bad)?;
+    let mut parts = key.splitn(3, '@');
+    let (Some(code), Some(start), Some(benefit)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let mut fen = figures
+        .splitn(3, '/')
+        .map(|f| f.parse::<i64>().map(from_fen).map_err(|_| bad()));
+    let (Some(deductible_used), Some(band_position), Some(paid)) = (fen.next(), fen.next(), fen.next()) else {
+        return Err(bad());
+    };
+    Ok((
+        period_key(code, start, "accumulators")?,
+        BenefitCode::parse(benefit).map_err(|e| corrupt("accumulators", e))?,
+        BenefitUsage {
+            deductible_used: deductible_used?,
+            band_position: band_position?,
+            paid: paid?,
+        },
+    ))
 }
 
 /// A layer as stored: enough to rebuild the settlement and its accumulator changes.

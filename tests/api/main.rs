@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod bench;
 mod examples;
 mod health;
 mod idempotency;

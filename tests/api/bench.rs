@@ -1,0 +1,375 @@
+//! `claims.v1.BenchService`: served only with `--bench` (`Settings::bench`); echo baselines of the
+//! requested size, in order, and the process figures of `/proc/self`.
+
+// Test helpers may panic: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use claims::proto::bench_service_client::BenchServiceClient;
+use claims::proto::{EchoRequest, ProcessStats, ProcessStatsRequest};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+use crate::common::*;
+use crate::support::{assert_refused_with_field, STREAM_WAIT};
+
+const BENCH_SERVICE: &str = "claims.v1.BenchService";
+
+/// The largest `reply_bytes` the service grants: `BenchApi::new(max_message_bytes * 4)` in
+/// src/startup.rs, with the default `max_message_bytes` of 1 MiB.
+const DEFAULT_REPLY_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+async fn spawn_bench_app() -> TestApp {
+    spawn_app_with(|s| s.bench = true).await
+}
+
+async fn bench_client(app: &TestApp) -> BenchServiceClient<Channel> {
+    // Replies may be up to four times the request limit: above tonic's default of 4 MiB for what a
+    // client decodes.
+    BenchServiceClient::new(app.channel().await).max_decoding_message_size(usize::MAX)
+}
+
+fn echo_request(n: usize, reply_bytes: u32) -> EchoRequest {
+    EchoRequest {
+        claim: Some(claim_a1("H1", &format!("BENCH-{n}"))),
+        reply_bytes,
+    }
+}
+
+async fn process_stats(client: &mut BenchServiceClient<Channel>, reset_peak_rss: bool) -> ProcessStats {
+    client
+        .process_stats(ProcessStatsRequest { reset_peak_rss })
+        .await
+        .unwrap_or_else(|e| panic!("ProcessStats (reset_peak_rss: {reset_peak_rss}): {e:?}"))
+        .into_inner()
+}
+
+fn cpu_seconds(stats: &ProcessStats) -> f64 {
+    stats.cpu_user_seconds + stats.cpu_system_seconds
+}
+
+/// Checks the figures every reply must satisfy.
+fn assert_sane(stats: &ProcessStats) {
+    assert!(stats.rss_bytes > 0, "current RSS > 0: {stats:?}");
+    assert!(
+        stats.peak_rss_bytes >= stats.rss_bytes,
+        "peak RSS >= current RSS: {stats:?}"
+    );
+    for cpu in [stats.cpu_user_seconds, stats.cpu_system_seconds] {
+        assert!(cpu.is_finite() && cpu >= 0.0, "CPU seconds >= 0: {stats:?}");
+    }
+    assert!(stats.threads >= 1, "at least one thread: {stats:?}");
+}
+
+/// The services that server reflection (v1) lists.
+async fn reflected_services(app: &TestApp) -> Vec<String> {
+    let mut reflection = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+    let response = tokio::time::timeout(STREAM_WAIT, responses.next())
+        .await
+        .expect("a reflection answer in time")
+        .expect("an answer")
+        .expect("no error");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+/// Sends `requests` over one EchoStream (all of them before reading) and reads until the stream
+/// ends: the replies, and the status it ended with (none: it ended cleanly).
+async fn echo_stream(
+    client: &mut BenchServiceClient<Channel>,
+    requests: Vec<EchoRequest>,
+) -> (Vec<Vec<u8>>, Option<tonic::Status>) {
+    let mut replies = client
+        .echo_stream(tokio_stream::iter(requests))
+        .await
+        .expect("the EchoStream opens")
+        .into_inner();
+    let mut payloads = Vec::new();
+    loop {
+        let next = tokio::time::timeout(STREAM_WAIT, replies.message())
+            .await
+            .expect("an EchoStream reply in time");
+        match next {
+            Ok(Some(reply)) => payloads.push(reply.payload),
+            Ok(None) => return (payloads, None),
+            Err(status) => return (payloads, Some(status)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bench_service_is_not_served_by_default() {
+    let app = spawn_app().await;
+    let mut bench = bench_client(&app).await;
+    let status = bench
+        .process_stats(ProcessStatsRequest { reset_peak_rss: false })
+        .await
+        .expect_err("no ProcessStats without --bench");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    let status = bench
+        .echo(echo_request(0, 16))
+        .await
+        .expect_err("no Echo without --bench");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+
+    let names = reflected_services(&app).await;
+    assert!(
+        !names.iter().any(|n| n == BENCH_SERVICE),
+        "{BENCH_SERVICE} is not listed without --bench: {names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "claims.v1.SettlementService"),
+        "the other services are: {names:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_bench_service_with_bench() {
+    let app = spawn_bench_app().await;
+    let names = reflected_services(&app).await;
+    for expected in [BENCH_SERVICE, "claims.v1.SettlementService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn echo_replies_with_exactly_reply_bytes_zero_bytes() {
+    let app = spawn_bench_app().await;
+    let mut bench = bench_client(&app).await;
+    for (n, size) in [0u32, 141, 4096].into_iter().enumerate() {
+        let payload = bench
+            .echo(echo_request(n, size))
+            .await
+            .unwrap_or_else(|e| panic!("Echo of {size} bytes: {e:?}"))
+            .into_inner()
+            .payload;
+        assert_eq!(
+            payload.len(),
+            size as usize,
+            "Echo payload length for reply_bytes {size}"
+        );
+        assert!(payload.iter().all(|b| *b == 0), "the payload is zero bytes");
+    }
+    // Without a claim too: the claim is decoded and otherwise ignored.
+    let payload = bench
+        .echo(EchoRequest {
+            claim: None,
+            reply_bytes: 7,
+        })
+        .await
+        .expect("Echo without a claim")
+        .into_inner()
+        .payload;
+    assert_eq!(payload.len(), 7);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn echo_stream_replies_once_per_request_in_order() {
+    let app = spawn_bench_app().await;
+    let mut bench = bench_client(&app).await;
+    // Distinct sizes, not monotonic, so that any reordering shows.
+    let sizes: Vec<u32> = (0..100u32).map(|i| (i * 37) % 100 * 13 + i % 7).collect();
+    let mut distinct = sizes.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), sizes.len(), "the sizes are distinct");
+    let requests = sizes.iter().enumerate().map(|(n, s)| echo_request(n, *s)).collect();
+    let (payloads, end) = echo_stream(&mut bench, requests).await;
+    assert!(end.is_none(), "the EchoStream ends cleanly: {end:?}");
+    let lengths: Vec<u32> = payloads.iter().map(|p| p.len() as u32).collect();
+    assert_eq!(
+        lengths, sizes,
+        "one reply per request, in request order, each reply_bytes long"
+    );
+    assert!(payloads.iter().flatten().all(|b| *b == 0), "payloads are zero bytes");
+
+    // An empty stream: no replies, a clean end.
+    let (payloads, end) = echo_stream(&mut bench, Vec::new()).await;
+    assert!(payloads.is_empty() && end.is_none(), "{payloads:?} {end:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reply_bytes_above_the_limit_are_refused_with_invalid_argument() {
+    let app = spawn_bench_app().await;
+    let mut bench = bench_client(&app).await;
+    for size in [DEFAULT_REPLY_BYTES_MAX + 1, 64 * 1024 * 1024, u32::MAX] {
+        let status = bench
+            .echo(echo_request(0, size))
+            .await
+            .expect_err("reply_bytes above the limit");
+        // INVALID_ARGUMENT with a google.rpc.BadRequest naming the field, like every other refusal.
+        assert_refused_with_field(&status, Code::InvalidArgument, "reply_bytes");
+        assert!(
+            status.message().contains(&DEFAULT_REPLY_BYTES_MAX.to_string()),
+            "the message states the limit: {status:?}"
+        );
+    }
+
+    // Over EchoStream: the replies before the bad request arrive, then the stream ends with the
+    // same status.
+    let requests = vec![
+        echo_request(0, 10),
+        echo_request(1, 20),
+        echo_request(2, DEFAULT_REPLY_BYTES_MAX + 1),
+        echo_request(3, 30),
+    ];
+    let (payloads, end) = echo_stream(&mut bench, requests).await;
+    let lengths: Vec<usize> = payloads.iter().map(Vec::len).collect();
+    assert_eq!(lengths, [10, 20], "the replies before the refused request");
+    let status = end.expect("the EchoStream ends with an error");
+    assert_refused_with_field(&status, Code::InvalidArgument, "reply_bytes");
+    app.stop().await;
+}
+
+/// The limit follows `max_message_bytes` (four times it) and is inclusive: the largest granted
+/// reply is served in full. A smaller request limit keeps the test light.
+#[tokio::test]
+async fn reply_bytes_limit_follows_max_message_bytes() {
+    let app = spawn_app_with(|s| {
+        s.bench = true;
+        s.max_message_bytes = 1000;
+    })
+    .await;
+    let mut bench = bench_client(&app).await;
+    let status = bench.echo(echo_request(0, 4001)).await.expect_err("above 4 x 1000");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("4000"), "{status:?}");
+    let payload = bench
+        .echo(echo_request(1, 3990))
+        .await
+        .expect("an Echo well under the limit")
+        .into_inner()
+        .payload;
+    assert_eq!(payload.len(), 3990);
+    app.stop().await;
+}
+
+/// Every `reply_bytes` up to the limit is served in full: the service's encoding limit leaves room
+/// for the reply's field tag and length prefix (`ECHO_FRAMING_BYTES`). With a limit of 4000, sizes
+/// 3998 to 4000 once failed with OUT_OF_RANGE because it did not.
+#[tokio::test]
+async fn reply_bytes_at_the_limit_are_served() {
+    let app = spawn_app_with(|s| {
+        s.bench = true;
+        s.max_message_bytes = 1000;
+    })
+    .await;
+    let mut bench = bench_client(&app).await;
+    let mut failed = Vec::new();
+    for size in 3990..=4000u32 {
+        match bench.echo(echo_request(0, size)).await {
+            Ok(reply) => assert_eq!(reply.into_inner().payload.len(), size as usize),
+            Err(status) => failed.push((size, status.code(), status.message().to_owned())),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "reply_bytes not above the limit of 4000 failed: {failed:#?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn process_stats_report_cpu_time_and_memory() {
+    let app = spawn_bench_app().await;
+    let mut bench = bench_client(&app).await;
+    let wall = Instant::now();
+    let before = process_stats(&mut bench, false).await;
+    assert_sane(&before);
+    assert!(!before.peak_rss_reset, "no reset was asked: {before:?}");
+
+    // The server runs in this process: burning CPU here shows in its figures, in seconds.
+    let after = loop {
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let now = process_stats(&mut bench, false).await;
+        assert_sane(&now);
+        assert!(
+            now.cpu_user_seconds >= before.cpu_user_seconds && now.cpu_system_seconds >= before.cpu_system_seconds,
+            "CPU time does not go back: {before:?} then {now:?}"
+        );
+        if cpu_seconds(&now) - cpu_seconds(&before) >= 0.2 {
+            break now;
+        }
+        assert!(
+            wall.elapsed() < Duration::from_secs(30),
+            "the CPU time did not grow by 0.2 s in 30 s of spinning: {before:?} then {now:?}"
+        );
+    };
+    // Seconds, not clock ticks: no more CPU time than every core could give in the wall time.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let grown = cpu_seconds(&after) - cpu_seconds(&before);
+    let bound = wall.elapsed().as_secs_f64() * cores + 0.05;
+    assert!(
+        grown <= bound,
+        "CPU time grew {grown} s in at most {bound} core-seconds"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn process_stats_reset_the_peak_rss_when_asked() {
+    const BALLAST: usize = 128 * 1024 * 1024;
+    let app = spawn_bench_app().await;
+    let mut bench = bench_client(&app).await;
+
+    // Raise the peak of this process (the server's) well above its current RSS: touch every page
+    // of a large allocation, then give it back (an allocation this large is unmapped when freed).
+    let ballast = std::hint::black_box(vec![1u8; BALLAST]);
+    let touched = process_stats(&mut bench, false).await;
+    assert_sane(&touched);
+    assert!(
+        touched.rss_bytes >= BALLAST as u64,
+        "the ballast is resident: {touched:?}"
+    );
+    drop(ballast);
+
+    // The figures are read before the reset: this reply still shows the peak with the ballast.
+    let first = process_stats(&mut bench, true).await;
+    assert_sane(&first);
+    assert!(
+        first.peak_rss_bytes >= BALLAST as u64,
+        "the peak before the reset: {first:?}"
+    );
+    assert!(
+        first.peak_rss_bytes >= first.rss_bytes + (BALLAST as u64) / 2,
+        "the ballast was given back: {first:?}"
+    );
+    assert!(
+        first.peak_rss_reset,
+        "the peak is reset on Linux 4.0 and later (/proc/self/clear_refs): {first:?}"
+    );
+
+    // The next call's peak is the peak since the reset: the ballast no longer counts.
+    let second = process_stats(&mut bench, false).await;
+    assert_sane(&second);
+    assert!(!second.peak_rss_reset, "no reset was asked: {second:?}");
+    assert!(
+        second.peak_rss_bytes + (BALLAST as u64) / 2 <= first.peak_rss_bytes,
+        "the peak since the reset leaves out the ballast: {first:?} then {second:?}"
+    );
+    app.stop().await;
+}
