@@ -617,16 +617,11 @@ impl Writer {
         }
         let usage: Vec<_> = usage.into_iter().collect();
         for chunk in usage.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut sql = String::from(
-                "INSERT INTO accumulators (member_id, product_code, period_start, benefit_code, \
-                 deductible_used_fen, band_position_fen, paid_fen) VALUES ",
-            );
-            sql.push_str(&Params::new(self.backend).values(chunk.len(), 7));
-            sql.push_str(
-                " ON CONFLICT (member_id, product_code, period_start, benefit_code) DO UPDATE SET \
-                 deductible_used_fen = accumulators.deductible_used_fen + excluded.deductible_used_fen, \
-                 band_position_fen = accumulators.band_position_fen + excluded.band_position_fen, \
-                 paid_fen = accumulators.paid_fen + excluded.paid_fen",
+            let sql = self.upsert_adding(
+                "accumulators",
+                &["member_id", "product_code", "period_start", "benefit_code"],
+                &["deductible_used_fen", "band_position_fen", "paid_fen"],
+                chunk.len(),
             );
             let mut query = sqlx::query(&sql);
             for ((member, period, benefit), delta) in chunk {
@@ -656,22 +651,33 @@ impl Writer {
         self.add_to_totals(&deltas).await
     }
 
+    /// A multi-row insert of `rows` rows into `table` that, where a row with the same `keys` exists,
+    /// adds the `added` columns to it instead: how every running figure changes.
+    fn upsert_adding(&self, table: &str, keys: &[&str], added: &[&str], rows: usize) -> String {
+        let sets: Vec<String> = added
+            .iter()
+            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            added.join(", "),
+            Params::new(self.backend).values(rows, keys.len() + added.len()),
+            keys.join(", "),
+            sets.join(", ")
+        )
+    }
+
     /// Adds to this writer's shard of the running figures of each period, in ascending period
     /// order (so two writers that share a shard lock its rows in the same order).
     pub async fn add_to_totals(&mut self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<()> {
         let rows: Vec<(&PeriodKey, &TotalsDelta)> = deltas.iter().collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
-            let mut sql = String::from(
-                "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
-                 enrolled_members, paid_fen, paid_claims) VALUES ",
-            );
-            sql.push_str(&Params::new(self.backend).values(chunk.len(), 7));
-            sql.push_str(
-                " ON CONFLICT (product_code, period_start, shard) DO UPDATE SET \
-                 written_premium_fen = product_total_shards.written_premium_fen + excluded.written_premium_fen, \
-                 enrolled_members = product_total_shards.enrolled_members + excluded.enrolled_members, \
-                 paid_fen = product_total_shards.paid_fen + excluded.paid_fen, \
-                 paid_claims = product_total_shards.paid_claims + excluded.paid_claims",
+            let sql = self.upsert_adding(
+                "product_total_shards",
+                &["product_code", "period_start", "shard"],
+                &["written_premium_fen", "enrolled_members", "paid_fen", "paid_claims"],
+                chunk.len(),
             );
             let mut query = sqlx::query(&sql);
             for (key, d) in chunk {
