@@ -24,6 +24,9 @@ use sqlx::{AnyConnection, Connection, Executor, PgConnection, Row};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+pub mod random;
+pub mod replay;
+
 pub fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
@@ -301,16 +304,17 @@ pub async fn db_fingerprint(url: &str) -> Vec<String> {
 }
 
 /// A claim request: `visit` may be `OUTPATIENT/CHRONIC`; lines are (class, amount), upstream
-/// (kind, amount), with domain spellings.
-pub fn claim(
+/// (kind, amount), with domain spellings. The amounts are text: `&str`, or `String` as a generator
+/// makes them (e.g. [`random::medical_amounts`]).
+pub fn claim<A: AsRef<str>>(
     hospital: &str,
     id: &str,
     member: &str,
     date: &str,
     visit: &str,
     cause: &str,
-    lines: &[(&str, &str)],
-    upstream: &[(&str, &str)],
+    lines: &[(&str, A)],
+    upstream: &[(&str, A)],
 ) -> ClaimRequest {
     use claims::api::convert::{
         cause_value, expense_class_value, outpatient_kind_value, upstream_kind_value, visit_kind_value,
@@ -330,14 +334,14 @@ pub fn claim(
             .map(|(i, (class, amount))| LineItem {
                 code: format!("item-{i}"),
                 expense_class: expense_class_value(class).expect("class"),
-                amount: (*amount).into(),
+                amount: amount.as_ref().into(),
             })
             .collect(),
         upstream: upstream
             .iter()
             .map(|(kind, amount)| UpstreamPayment {
                 kind: upstream_kind_value(kind).expect("upstream kind"),
-                amount: (*amount).into(),
+                amount: amount.as_ref().into(),
             })
             .collect(),
     }

@@ -6,22 +6,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use claims::api::convert::reason_value;
 use claims::domain::{format_money, AccumulatorView, BenefitCode, Category, Member, MemberId, Terms};
-use claims::proto::settlement_reply::Result as ReplyResult;
 use claims::proto::{
-    ApplyOutcome, ClaimRequest, GetMemberRequest, LossRatioRequest, Settlement, SettlementReply, StoredSettlement,
-    TermsText,
+    ApplyOutcome, ClaimRequest, GetMemberRequest, LossRatioRequest, SettlementReply, StoredSettlement, TermsText,
 };
 use rust_decimal::Decimal;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::common::random::{date_in, fen_text, medical_amounts, send_in_bursts, MedicalAmounts, Odds, XorShift};
+use crate::common::replay::{body, catalogue_with, dec, export_all, key_of, member, period, replay, settlement_of};
 use crate::common::{claim, enroll, row, spawn_app};
-use crate::support::{
-    catalogue_with, category_of, check_db, date_in, dec, export_all, fen_text, key_of, member, period, replay, XorShift,
-};
+use crate::support::{category_of, check_db};
 
 const STREAMS: usize = 16;
 const MEMBERS: usize = 50;
@@ -109,6 +107,17 @@ fn categories(i: usize) -> Vec<(&'static str, Category)> {
     }
 }
 
+/// The amounts of [`random_claim`]'s medical claims.
+const AMOUNTS: MedicalAmounts = MedicalAmounts {
+    in_scope_inpatient: 20_000..=800_000,
+    in_scope_other: 5_000..=400_000,
+    basic_pct: 30..=70,
+    critical: (Odds::OneIn(4), 0..=50),
+    b_self_pay: (Odds::AllButOneIn(3), 1_000..=150_000),
+    out_of_catalogue: (Odds::OneIn(2), 1_000..=600_000),
+    non_compliant: (Odds::OneIn(5), 100..=50_000),
+};
+
 fn random_claim(rng: &mut XorShift, id: &str, member: &str) -> ClaimRequest {
     let hospital = *rng.pick(&["H1", "H2", "H3"]);
     let date = date_in(rng, 2024);
@@ -134,45 +143,8 @@ fn random_claim(rng: &mut XorShift, id: &str, member: &str) -> ClaimRequest {
         _ => "PHARMACY",
     };
     let cause = *rng.pick(&["", "ILLNESS", "ACCIDENT"]);
-    let in_scope = if inpatient {
-        rng.between(20_000, 800_000)
-    } else {
-        rng.between(5_000, 400_000)
-    };
-    let basic = in_scope * rng.between(30, 70) / 100;
-    let critical = if rng.below(4) == 0 {
-        (in_scope - basic) * rng.between(0, 50) / 100
-    } else {
-        0
-    };
-    let mut lines: Vec<(&str, String)> = vec![("IN_SCOPE", fen_text(in_scope))];
-    if rng.below(3) != 0 {
-        lines.push(("B_SELF_PAY", fen_text(rng.between(1_000, 150_000))));
-    }
-    if rng.below(2) == 0 {
-        lines.push(("OUT_OF_CATALOGUE", fen_text(rng.between(1_000, 600_000))));
-    }
-    if rng.below(5) == 0 {
-        lines.push(("NON_COMPLIANT", fen_text(rng.between(100, 50_000))));
-    }
-    let mut upstream: Vec<(&str, String)> = vec![("BASIC", fen_text(basic))];
-    if critical > 0 {
-        upstream.push(("CRITICAL_ILLNESS", fen_text(critical)));
-    }
-    let lines: Vec<(&str, &str)> = lines.iter().map(|(c, a)| (*c, a.as_str())).collect();
-    let upstream: Vec<(&str, &str)> = upstream.iter().map(|(k, a)| (*k, a.as_str())).collect();
+    let (lines, upstream) = medical_amounts(rng, inpatient, &AMOUNTS);
     claim(hospital, id, member, &date, visit, cause, &lines, &upstream)
-}
-
-fn settlement_of(reply: &SettlementReply) -> &StoredSettlement {
-    match &reply.result {
-        Some(ReplyResult::Settlement(s)) => s,
-        other => panic!("claim {}: expected a settlement, got {other:?}", reply.claim_id),
-    }
-}
-
-fn body(s: &StoredSettlement) -> &Settlement {
-    s.settlement.as_ref().expect("settlement body")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -251,18 +223,7 @@ async fn sixteen_streams_on_shared_members_keep_every_cap_and_equal_a_serial_rep
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             barrier.wait().await;
-            let sender = tokio::spawn(async move {
-                let mut rng = XorShift::new(0xb0a7 + s as u64);
-                let mut burst = 0;
-                for c in claims {
-                    if burst == 0 {
-                        burst = rng.between(1, 8);
-                        tokio::time::sleep(Duration::from_micros(rng.below(2_000))).await;
-                    }
-                    burst -= 1;
-                    tx.send(c).await.expect("the stream takes the claim");
-                }
-            });
+            let sender = tokio::spawn(send_in_bursts(XorShift::new(0xb0a7 + s as u64), claims, tx));
             let mut replies = client
                 .settle(ReceiverStream::new(rx))
                 .await

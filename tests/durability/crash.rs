@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use claims::domain::{Category, Member};
 use claims::proto::member_service_client::MemberServiceClient;
-use claims::proto::settlement_reply::Result as ReplyResult;
 use claims::proto::settlement_service_client::SettlementServiceClient;
 use claims::proto::{ClaimRequest, GetSettlementRequest, SettlementReply, StoredSettlement};
 use futures::StreamExt;
@@ -19,10 +18,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::common::random::{date_in, medical_amounts, MedicalAmounts, Odds, XorShift};
+use crate::common::replay::{catalogue_with, export_all, key_of, member, replay, settlement_of};
 use crate::common::{claim, drop_test_database, fresh_database_url, row, start_server_on, CIXI_2022};
-use crate::support::{
-    catalogue_with, check_db, date_in, export_all, fen_text, key_of, member, replay, stored_counts, XorShift,
-};
+use crate::support::{check_db, stored_counts};
 
 pub(crate) const MEMBERS: usize = 20;
 const CLAIMS: usize = 2_000;
@@ -36,6 +35,17 @@ pub(crate) fn member_id(i: usize) -> String {
     format!("CM{i:02}")
 }
 
+/// The amounts of [`random_claim`]'s claims.
+const AMOUNTS: MedicalAmounts = MedicalAmounts {
+    in_scope_inpatient: 100_000..=8_000_000,
+    in_scope_other: 5_000..=1_000_000,
+    basic_pct: 40..=70,
+    critical: (Odds::OneIn(3), 0..=60),
+    b_self_pay: (Odds::OneIn(2), 1_000..=800_000),
+    out_of_catalogue: (Odds::OneIn(2), 1_000..=3_000_000),
+    non_compliant: (Odds::OneIn(5), 100..=100_000),
+};
+
 pub(crate) fn random_claim(rng: &mut XorShift, i: usize) -> ClaimRequest {
     let member = member_id(rng.below(MEMBERS as u64) as usize);
     let hospital = *rng.pick(&["H1", "H2"]);
@@ -46,33 +56,7 @@ pub(crate) fn random_claim(rng: &mut XorShift, i: usize) -> ClaimRequest {
         60..=89 => *rng.pick(&["OUTPATIENT/GENERAL", "OUTPATIENT/CHRONIC"]),
         _ => "PHARMACY",
     };
-    let in_scope = if roll < 60 {
-        rng.between(100_000, 8_000_000)
-    } else {
-        rng.between(5_000, 1_000_000)
-    };
-    let basic = in_scope * rng.between(40, 70) / 100;
-    let critical = if rng.below(3) == 0 {
-        (in_scope - basic) * rng.between(0, 60) / 100
-    } else {
-        0
-    };
-    let mut lines: Vec<(&str, String)> = vec![("IN_SCOPE", fen_text(in_scope))];
-    if rng.below(2) == 0 {
-        lines.push(("B_SELF_PAY", fen_text(rng.between(1_000, 800_000))));
-    }
-    if rng.below(2) == 0 {
-        lines.push(("OUT_OF_CATALOGUE", fen_text(rng.between(1_000, 3_000_000))));
-    }
-    if rng.below(5) == 0 {
-        lines.push(("NON_COMPLIANT", fen_text(rng.between(100, 100_000))));
-    }
-    let mut upstream: Vec<(&str, String)> = vec![("BASIC", fen_text(basic))];
-    if critical > 0 {
-        upstream.push(("CRITICAL_ILLNESS", fen_text(critical)));
-    }
-    let lines: Vec<(&str, &str)> = lines.iter().map(|(c, a)| (*c, a.as_str())).collect();
-    let upstream: Vec<(&str, &str)> = upstream.iter().map(|(k, a)| (*k, a.as_str())).collect();
+    let (lines, upstream) = medical_amounts(rng, roll < 60, &AMOUNTS);
     claim(
         hospital,
         &format!("K{i:05}"),
@@ -83,13 +67,6 @@ pub(crate) fn random_claim(rng: &mut XorShift, i: usize) -> ClaimRequest {
         &lines,
         &upstream,
     )
-}
-
-fn settlement_of(reply: &SettlementReply) -> &StoredSettlement {
-    match &reply.result {
-        Some(ReplyResult::Settlement(s)) => s,
-        other => panic!("claim {}: expected a settlement, got {other:?}", reply.claim_id),
-    }
 }
 
 /// Everything a check needs: the claims as sent, the engine's members and catalogue.

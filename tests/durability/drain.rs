@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::common::random::XorShift;
 use crate::common::{drop_test_database, fresh_database_url, row, start_server_on, CIXI_2022};
 use crate::crash::{member_id, random_claim, CIXI_START, MEMBERS};
-use crate::support::XorShift;
 
 const BEFORE_TERM: usize = 100;
 const AFTER_TERM: usize = 100;

@@ -1,170 +1,14 @@
-//! What both durability tests share: a seeded RNG, the replay of committed settlements through the
-//! engine, and consistency checks read straight from the database (SQLite or PostgreSQL).
+//! What the durability tests share beyond tests/common (which holds the seeded RNG and the replay of
+//! committed settlements through the engine): consistency checks read straight from the database
+//! (SQLite or PostgreSQL).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::str::FromStr;
+use std::collections::{BTreeMap, BTreeSet};
 
-use claims::api::convert::{draft_from_request, settlement_to_proto};
-use claims::domain::{self, parse_date, Accumulators, Catalogue, Category, Claim, Member, MemberId, Money, PeriodKey};
-use claims::domain::{ProductCode, Terms};
-use claims::proto::report_service_client::ReportServiceClient;
-use claims::proto::{ClaimRequest, ListSettlementsRequest, StoredSettlement};
-use rust_decimal::Decimal;
+use claims::domain::Category;
 use sqlx::{Connection, Row};
-use tonic::transport::Channel;
 
-use crate::common::{connect_any, examples_dir};
-
-/// xorshift64: a few lines instead of a dependency; the same seed gives the same claims.
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// In `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// In `lo..=hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
-/// Whole fen as an amount on the wire: 123456 -> "1234.56".
-pub fn fen_text(fen: u64) -> String {
-    format!("{}.{:02}", fen / 100, fen % 100)
-}
-
-pub fn dec(text: &str) -> Decimal {
-    Decimal::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not an amount: {e}"))
-}
-
-/// The idempotency key of a request.
-pub fn key_of(r: &ClaimRequest) -> (String, String) {
-    (r.hospital_id.clone(), r.claim_id.clone())
-}
-
-/// A random date of `year` (days 1-28, so every month is valid).
-pub fn date_in(rng: &mut XorShift, year: u32) -> String {
-    format!("{year}-{:02}-{:02}", rng.between(1, 12), rng.between(1, 28))
-}
-
-/// What the server's catalogue holds on a fresh database: every example terms file in name order
-/// (as `--terms-dir` applies them), then `extra` as applied through `ApplyTerms`, all at version 1.
-pub fn catalogue_with(extra: &[&str]) -> Catalogue {
-    let dir = examples_dir().join("terms");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples/terms")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    let mut texts: Vec<String> = files
-        .iter()
-        .map(|p| std::fs::read_to_string(p).expect("terms file"))
-        .collect();
-    texts.extend(extra.iter().map(|t| (*t).to_owned()));
-    let mut catalogue = Catalogue::new();
-    for text in texts {
-        let terms = Terms::from_toml(&text).expect("terms parse");
-        let outcome = catalogue.apply(terms).expect("terms join the catalogue");
-        assert_eq!(outcome.version(), 1);
-    }
-    catalogue
-}
-
-pub fn period(product: &str, start: &str) -> PeriodKey {
-    PeriodKey {
-        product: ProductCode::parse(product).expect("product code"),
-        start: parse_date(start).expect("date"),
-    }
-}
-
-/// A domain member: category changes (effective date, category) and enrollments (product, period
-/// start) at `premium`.
-pub fn member(id: &str, categories: &[(&str, Category)], enrollments: &[(&str, &str)], premium: &str) -> Member {
-    let mut m = Member::new(MemberId::parse(id).expect("member id"));
-    for (date, category) in categories {
-        m.categories.set(parse_date(date).expect("date"), *category);
-    }
-    for (product, start) in enrollments {
-        m.enrollments
-            .insert(period(product, start), Money::parse(premium).expect("premium"));
-    }
-    m
-}
-
-/// Every settlement in force, in commit (sequence) order.
-pub async fn export_all(channel: Channel) -> Vec<StoredSettlement> {
-    let mut reports = ReportServiceClient::new(channel);
-    let mut stream = reports
-        .export_settlements(ListSettlementsRequest::default())
-        .await
-        .expect("export")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(s) = stream.message().await.expect("export stream") {
-        out.push(s);
-    }
-    out
-}
-
-/// Runs the engine over the stored settlements in sequence order, starting from empty
-/// accumulators, and asserts that every stored settlement is exactly what the engine gives at its
-/// place in that order. Returns the accumulators the replay ends with.
-pub fn replay(
-    catalogue: &Catalogue,
-    members: &HashMap<String, Member>,
-    requests: &HashMap<(String, String), ClaimRequest>,
-    stored: &[StoredSettlement],
-) -> Accumulators {
-    let mut acc = Accumulators::new();
-    let mut last_sequence = 0;
-    for s in stored {
-        assert!(
-            s.sequence > last_sequence,
-            "export not in sequence order: {} after {last_sequence}",
-            s.sequence
-        );
-        last_sequence = s.sequence;
-        assert!(!s.reversed, "nothing is reversed in these tests");
-        let settlement = s.settlement.as_ref().expect("settlement");
-        let key = (settlement.hospital_id.clone(), settlement.claim_id.clone());
-        let request = requests
-            .get(&key)
-            .unwrap_or_else(|| panic!("stored settlement {key:?} (sequence {}) was never sent", s.sequence));
-        let claim = Claim::parse(&draft_from_request(request)).expect("the sent claim is valid");
-        let member = members
-            .get(&request.member_id)
-            .unwrap_or_else(|| panic!("unknown member {}", request.member_id));
-        let replayed = domain::settle(catalogue, member, &claim, &acc);
-        assert_eq!(
-            settlement_to_proto(&replayed),
-            *settlement,
-            "sequence {} ({key:?}): the stored settlement differs from the engine's replay in commit order",
-            s.sequence
-        );
-        acc.apply(&replayed.changes);
-    }
-    acc
-}
+use crate::common::connect_any;
+use crate::common::replay::{accumulator_rows, AccKey};
 
 /// One settlement as found in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,9 +18,6 @@ pub struct DbSettlement {
     pub layers: usize,
     pub payout_fen: i64,
 }
-
-/// Accumulator key: member, product, period start, benefit.
-type AccKey = (String, String, String, String);
 
 /// Reads the database at `database_url` directly (SQLite or PostgreSQL) and checks that nothing is
 /// half-written and every running figure equals the sum over the append-only rows:
@@ -338,32 +179,7 @@ pub async fn check_db(database_url: &str, expected_layers: usize) -> BTreeMap<(S
     }
 
     acc_sums.retain(|_, v| *v != (0, 0, 0));
-    let mut stored_acc: BTreeMap<AccKey, (i64, i64, i64)> = BTreeMap::new();
-    for row in sqlx::query(
-        "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, paid_fen \
-         FROM accumulators",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .expect("accumulators")
-    {
-        let v: (i64, i64, i64) = (
-            row.get("deductible_used_fen"),
-            row.get("band_position_fen"),
-            row.get("paid_fen"),
-        );
-        if v != (0, 0, 0) {
-            stored_acc.insert(
-                (
-                    row.get("member_id"),
-                    row.get("product_code"),
-                    row.get("period_start"),
-                    row.get("benefit_code"),
-                ),
-                v,
-            );
-        }
-    }
+    let stored_acc = accumulator_rows(database_url).await;
     if stored_acc != acc_sums {
         let keys: BTreeSet<&AccKey> = stored_acc.keys().chain(acc_sums.keys()).collect();
         let diffs: Vec<String> = keys

@@ -17,19 +17,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use claims::api::convert::{
-    category_value, cause_value, draft_from_request, expense_class_value, outpatient_kind_value, reason_value,
-    settlement_to_proto, upstream_kind_value, visit_kind_value,
-};
+use claims::api::convert::{category_value, draft_from_request, reason_value};
 use claims::domain::{
-    self, format_date, format_money, parse_date, AccumulatorChanges, AccumulatorView, Accumulators, Catalogue,
-    Category, Claim, ClaimDraft, Member, MemberId, PeriodKey, ProductCode, Terms,
+    format_date, format_money, parse_date, AccumulatorChanges, AccumulatorView, Accumulators, Catalogue, Category,
+    Claim, ClaimDraft, Member, MemberId, Terms,
 };
 use claims::proto::member_service_client::MemberServiceClient;
 use claims::proto::report_service_client::ReportServiceClient;
@@ -37,9 +33,8 @@ use claims::proto::settlement_reply::Result as ReplyResult;
 use claims::proto::settlement_service_client::SettlementServiceClient;
 use claims::proto::terms_service_client::TermsServiceClient;
 use claims::proto::{
-    ClaimRequest, EnrollmentRow, GetSettlementRequest, LayerPayout, LineItem, ListProductsRequest,
-    ListSettlementsRequest, LossRatio, LossRatioRequest, ReverseRequest, Settlement, SettlementReply, StoredSettlement,
-    UpstreamPayment,
+    ClaimRequest, EnrollmentRow, GetSettlementRequest, LayerPayout, ListProductsRequest, LossRatio, LossRatioRequest,
+    ReverseRequest, Settlement, SettlementReply, StoredSettlement,
 };
 use rust_decimal::{Decimal, RoundingStrategy};
 use sqlx::{Connection, PgConnection, Row};
@@ -50,6 +45,12 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+use crate::common::random::{date_in, fen_text, medical_amounts, send_in_bursts, MedicalAmounts, Odds, XorShift};
+use crate::common::replay::{
+    accumulator_rows, body, dec, export_settlements, key_of, period, replay_one, settlement_of, Key,
+};
+use crate::common::{claim, free_port, Server};
 
 const PROCESSES: usize = 3;
 const STREAMS: usize = 32;
@@ -260,71 +261,15 @@ const MUST_BIND: [(&str, &[&str]); 5] = [
     ),
 ];
 
-type Key = (String, String);
 /// Accumulators by (member, product, period start, benefit): (deductible used, band position, paid).
 type AccumulatorRows = BTreeMap<(String, String, String, String), (Decimal, Decimal, Decimal)>;
-
-/// xorshift64 (as in tests/durability/support.rs): the same seed gives the same claims.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
-fn fen_text(fen: u64) -> String {
-    format!("{}.{:02}", fen / 100, fen % 100)
-}
-
-fn dec(text: &str) -> Decimal {
-    Decimal::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not an amount: {e}"))
-}
 
 fn fen_money(fen: i64) -> String {
     format_money(Decimal::new(fen, 2))
 }
 
-fn key_of(r: &ClaimRequest) -> Key {
-    (r.hospital_id.clone(), r.claim_id.clone())
-}
-
-fn period(code: &str) -> PeriodKey {
-    PeriodKey {
-        product: ProductCode::parse(code).expect("product code"),
-        start: parse_date(START).expect("date"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Harness: a fresh database and three claimsd processes.
-
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
 
 /// The three server processes; killed when dropped, so that a failed assertion leaves none behind.
 /// When dropped by a panic, the end of each server's log is printed.
@@ -361,10 +306,7 @@ impl Cluster {
 
     /// Starts process `i` on a free port (bound and released here; the server binds it right after).
     fn spawn(&self, i: usize, attempt: usize) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let log = self.dir.path().join(format!("claimsd-{i}-{attempt}.log"));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -388,15 +330,15 @@ impl Cluster {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("claimsd starts");
-        Server { child, port, log }
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.servers[i].port)
+        Server {
+            child,
+            port,
+            stderr: log,
+        }
     }
 
     async fn channel(&self, i: usize) -> Channel {
-        Channel::from_shared(self.url(i))
+        Channel::from_shared(self.servers[i].url())
             .expect("url")
             .connect()
             .await
@@ -416,7 +358,7 @@ impl Cluster {
         ours.sort();
         loop {
             if let Some(status) = self.servers[i].child.try_wait().expect("try_wait") {
-                let log = std::fs::read_to_string(&self.servers[i].log).unwrap_or_default();
+                let log = std::fs::read_to_string(&self.servers[i].stderr).unwrap_or_default();
                 if log.contains("in use") && attempt < 3 {
                     attempt += 1;
                     self.servers[i] = self.spawn(i, attempt);
@@ -424,7 +366,11 @@ impl Cluster {
                 }
                 panic!("claimsd {i} exited at start ({status}):\n{log}");
             }
-            if let Ok(channel) = Channel::from_shared(self.url(i)).expect("url").connect().await {
+            if let Ok(channel) = Channel::from_shared(self.servers[i].url())
+                .expect("url")
+                .connect()
+                .await
+            {
                 let serving = HealthClient::new(channel.clone())
                     .check(HealthCheckRequest { service: String::new() })
                     .await
@@ -468,10 +414,10 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("database left for inspection: {}", self.database_url);
             for (i, s) in self.servers.iter().enumerate() {
-                let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+                let text = std::fs::read_to_string(&s.stderr).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-                eprintln!("--- end of claimsd {i}'s log ({}):\n{tail}", s.log.display());
+                eprintln!("--- end of claimsd {i}'s log ({}):\n{tail}", s.stderr.display());
             }
         }
     }
@@ -538,54 +484,27 @@ fn domain_member(i: usize, terms: &BTreeMap<String, Terms>) -> Member {
         );
     }
     for (code, t) in terms {
-        m.enrollments.insert(period(code), t.product.premium_per_member);
+        m.enrollments.insert(period(code, START), t.product.premium_per_member);
     }
     m
 }
 
-fn claim_request(
-    hospital: &str,
-    id: &str,
-    member: &str,
-    date: &str,
-    visit: &str,
-    cause: &str,
-    lines: &[(&str, String)],
-    upstream: &[(&str, String)],
-) -> ClaimRequest {
-    let (visit_kind, outpatient_kind) = visit.split_once('/').unwrap_or((visit, ""));
-    ClaimRequest {
-        claim_id: id.into(),
-        hospital_id: hospital.into(),
-        member_id: member.into(),
-        service_date: date.into(),
-        visit_kind: visit_kind_value(visit_kind).expect("visit kind"),
-        outpatient_kind: outpatient_kind_value(outpatient_kind).expect("outpatient kind"),
-        cause: cause_value(cause).expect("cause"),
-        lines: lines
-            .iter()
-            .enumerate()
-            .map(|(i, (class, amount))| LineItem {
-                code: format!("item-{i}"),
-                expense_class: expense_class_value(class).expect("class"),
-                amount: amount.clone(),
-            })
-            .collect(),
-        upstream: upstream
-            .iter()
-            .map(|(kind, amount)| UpstreamPayment {
-                kind: upstream_kind_value(kind).expect("upstream kind"),
-                amount: amount.clone(),
-            })
-            .collect(),
-    }
-}
+/// The amounts of [`random_claim`]'s medical claims: those of a county hospital.
+const AMOUNTS: MedicalAmounts = MedicalAmounts {
+    in_scope_inpatient: 80_000..=1_500_000,
+    in_scope_other: 10_000..=300_000,
+    basic_pct: 30..=70,
+    critical: (Odds::OneIn(4), 0..=40),
+    b_self_pay: (Odds::AllButOneIn(3), 5_000..=200_000),
+    out_of_catalogue: (Odds::OneIn(2), 5_000..=400_000),
+    non_compliant: (Odds::OneIn(5), 100..=30_000),
+};
 
 /// A random claim: mostly inpatient, some outpatient and pharmacy, a few non-medical losses
 /// (education, disaster) for the anti-poverty layer; amounts of a county hospital.
 fn random_claim(rng: &mut XorShift, id: &str, member: &str) -> ClaimRequest {
     let hospital = *rng.pick(&["H1", "H2", "H3"]);
-    let date = format!("2024-{:02}-{:02}", rng.between(1, 12), rng.between(1, 28));
+    let date = date_in(rng, 2024);
     let roll = rng.below(100);
     if roll < 8 {
         let cause = if roll < 4 {
@@ -594,7 +513,7 @@ fn random_claim(rng: &mut XorShift, id: &str, member: &str) -> ClaimRequest {
             *rng.pick(&["DISASTER", "ACCIDENT"])
         };
         let loss = fen_text(rng.between(50_000, 800_000));
-        return claim_request(
+        return claim(
             hospital,
             id,
             member,
@@ -612,32 +531,8 @@ fn random_claim(rng: &mut XorShift, id: &str, member: &str) -> ClaimRequest {
         _ => "PHARMACY",
     };
     let cause = *rng.pick(&["", "ILLNESS", "ACCIDENT"]);
-    let in_scope = if inpatient {
-        rng.between(80_000, 1_500_000)
-    } else {
-        rng.between(10_000, 300_000)
-    };
-    let basic = in_scope * rng.between(30, 70) / 100;
-    let critical = if rng.below(4) == 0 {
-        (in_scope - basic) * rng.between(0, 40) / 100
-    } else {
-        0
-    };
-    let mut lines = vec![("IN_SCOPE", fen_text(in_scope))];
-    if rng.below(3) != 0 {
-        lines.push(("B_SELF_PAY", fen_text(rng.between(5_000, 200_000))));
-    }
-    if rng.below(2) == 0 {
-        lines.push(("OUT_OF_CATALOGUE", fen_text(rng.between(5_000, 400_000))));
-    }
-    if rng.below(5) == 0 {
-        lines.push(("NON_COMPLIANT", fen_text(rng.between(100, 30_000))));
-    }
-    let mut upstream = vec![("BASIC", fen_text(basic))];
-    if critical > 0 {
-        upstream.push(("CRITICAL_ILLNESS", fen_text(critical)));
-    }
-    claim_request(hospital, id, member, &date, visit, cause, &lines, &upstream)
+    let (lines, upstream) = medical_amounts(rng, inpatient, &AMOUNTS);
+    claim(hospital, id, member, &date, visit, cause, &lines, &upstream)
 }
 
 /// The same key with a different content: one fen more on the first line.
@@ -704,18 +599,7 @@ async fn load_stream(
     let mut client = SettlementServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(8);
     barrier.wait().await;
-    let sender = tokio::spawn(async move {
-        let mut rng = XorShift::new(0xb0a7_0000 + s as u64);
-        let mut burst = 0;
-        for c in claims {
-            if burst == 0 {
-                burst = rng.between(1, 8);
-                tokio::time::sleep(Duration::from_micros(rng.below(2_000))).await;
-            }
-            burst -= 1;
-            tx.send(c).await.expect("the stream takes the claim");
-        }
-    });
+    let sender = tokio::spawn(send_in_bursts(XorShift::new(0xb0a7_0000 + s as u64), claims, tx));
     let mut replies = client
         .settle(ReceiverStream::new(rx))
         .await
@@ -849,17 +733,12 @@ async fn dispatch(
 
 /// Every settlement, reversed ones included, as ExportSettlements on process `p` gives them.
 async fn export_all(p: usize, channel: Channel) -> HashMap<Key, StoredSettlement> {
-    let mut export = ReportServiceClient::new(channel)
-        .export_settlements(ListSettlementsRequest {
-            include_reversed: true,
-            ..Default::default()
-        })
+    let export = export_settlements(channel, true)
         .await
-        .unwrap_or_else(|e| panic!("export on {p}: {e}"))
-        .into_inner();
+        .unwrap_or_else(|e| panic!("export on {p}: {e}"));
     let mut exported = HashMap::new();
     let mut last = 0;
-    while let Some(s) = export.message().await.expect("export stream") {
+    for s in export {
         assert!(s.sequence > last, "export on {p} in sequence order");
         last = s.sequence;
         let b = body(&s);
@@ -888,17 +767,6 @@ async fn get_all(p: usize, channel: Channel, keys: Vec<Key>) -> Vec<(Key, Stored
         out.push((key, got));
     }
     out
-}
-
-fn stored_of(reply: &SettlementReply) -> &StoredSettlement {
-    match &reply.result {
-        Some(ReplyResult::Settlement(s)) => s,
-        other => panic!("claim {}: expected a settlement, got {other:?}", reply.claim_id),
-    }
-}
-
-fn body(s: &StoredSettlement) -> &Settlement {
-    s.settlement.as_ref().expect("settlement body")
 }
 
 /// A reply (or a reversal's answer) against the stored settlement: the same settlement, sequence
@@ -1093,7 +961,7 @@ async fn three_processes_on_one_database_keep_every_cap_and_equal_a_replay_in_co
         let mut last_of_member: HashMap<&str, u64> = HashMap::new();
         for (request, reply) in claims.iter().zip(got) {
             assert_eq!(reply.claim_id, request.claim_id, "stream {s}: replies in request order");
-            let stored = stored_of(reply);
+            let stored = settlement_of(reply);
             let b = body(stored);
             assert_eq!(
                 (b.hospital_id.as_str(), b.claim_id.as_str(), b.member_id.as_str()),
@@ -1126,7 +994,7 @@ async fn three_processes_on_one_database_keep_every_cap_and_equal_a_replay_in_co
     for r in &resubmit_outcomes {
         match r.expect {
             Expect::Replay => {
-                let stored = stored_of(&r.reply);
+                let stored = settlement_of(&r.reply);
                 assert!(r.reply.replay, "{:?}: an identical resubmission is a replay", r.key);
                 acks.push((
                     r.key.clone(),
@@ -1434,7 +1302,7 @@ async fn three_processes_on_one_database_keep_every_cap_and_equal_a_replay_in_co
     let mut settled_by: HashMap<&Key, usize> = HashMap::new();
     for (s, got) in load_replies.iter().enumerate() {
         for reply in got.iter().filter(|r| !r.replay) {
-            let b = body(stored_of(reply));
+            let b = body(settlement_of(reply));
             let key = (b.hospital_id.clone(), b.claim_id.clone());
             let (key, _) = requests.get_key_value(&key).expect("a sent claim");
             settled_by.insert(key, s % PROCESSES);
@@ -1475,13 +1343,7 @@ async fn three_processes_on_one_database_keep_every_cap_and_equal_a_replay_in_co
         match event {
             Event::Settle { key, claim, member } => {
                 let m = &members[member];
-                let replayed = domain::settle(&catalogue, m, claim, &acc);
-                let s = &stored[key];
-                assert_eq!(
-                    Some(&settlement_to_proto(&replayed)),
-                    s.settlement.as_ref(),
-                    "sequence {seq} {key:?}: the stored settlement differs from the engine's in commit order"
-                );
+                let replayed = replay_one(&catalogue, m, claim, &acc, stored[key].settlement.as_ref(), seq, key);
                 // No cap exceeded: each payout within the room each cap left before it.
                 for layer in &replayed.layers {
                     let code = layer.product.to_string();
@@ -1566,32 +1428,21 @@ async fn three_processes_on_one_database_keep_every_cap_and_equal_a_replay_in_co
     }
 
     // The accumulators table equals the replay's.
-    let mut from_table: AccumulatorRows = BTreeMap::new();
-    for row in sqlx::query(
-        "SELECT member_id, product_code, period_start, benefit_code, deductible_used_fen, band_position_fen, \
-         paid_fen FROM accumulators",
-    )
-    .fetch_all(&mut db)
-    .await
-    .expect("accumulators")
-    {
-        let v = (
-            Decimal::new(row.get("deductible_used_fen"), 2),
-            Decimal::new(row.get("band_position_fen"), 2),
-            Decimal::new(row.get("paid_fen"), 2),
-        );
-        if v != (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO) {
-            from_table.insert(
+    // (The same rows as [`accumulator_rows`] reads, in money.)
+    let from_table: AccumulatorRows = accumulator_rows(&url)
+        .await
+        .into_iter()
+        .map(|(k, (deductible, band, paid))| {
+            (
+                k,
                 (
-                    row.get("member_id"),
-                    row.get("product_code"),
-                    row.get("period_start"),
-                    row.get("benefit_code"),
+                    Decimal::new(deductible, 2),
+                    Decimal::new(band, 2),
+                    Decimal::new(paid, 2),
                 ),
-                v,
-            );
-        }
-    }
+            )
+        })
+        .collect();
     let from_replay: AccumulatorRows = acc
         .benefit_entries()
         .map(|(m, p, b, u)| {
@@ -1678,7 +1529,7 @@ async fn three_processes_on_one_database_keep_every_cap_and_equal_a_replay_in_co
         }
         assert_eq!(
             paid,
-            acc.aggregate_paid(&period(code)),
+            acc.aggregate_paid(&period(code, START)),
             "{code}: paid = replayed aggregate"
         );
         assert_eq!(
