@@ -8,16 +8,11 @@ use std::time::{Duration, Instant};
 
 use claims::proto::bench_service_client::BenchServiceClient;
 use claims::proto::{EchoRequest, ProcessStats, ProcessStatsRequest};
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::common::*;
-use crate::support::{assert_refused_with_field, STREAM_WAIT};
+use crate::support::{assert_refused_with_field, reflected_services, STREAM_WAIT};
 
 const BENCH_SERVICE: &str = "claims.v1.BenchService";
 
@@ -65,29 +60,6 @@ fn assert_sane(stats: &ProcessStats) {
         assert!(cpu.is_finite() && cpu >= 0.0, "CPU seconds >= 0: {stats:?}");
     }
     assert!(stats.threads >= 1, "at least one thread: {stats:?}");
-}
-
-/// The services that server reflection (v1) lists.
-async fn reflected_services(app: &TestApp) -> Vec<String> {
-    let mut reflection = ServerReflectionClient::new(app.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .expect("reflection stream")
-        .into_inner();
-    let response = tokio::time::timeout(STREAM_WAIT, responses.next())
-        .await
-        .expect("a reflection answer in time")
-        .expect("an answer")
-        .expect("no error");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("not a service list: {response:?}");
-    };
-    list.service.into_iter().map(|s| s.name).collect()
 }
 
 /// Sends `requests` over one EchoStream (all of them before reading) and reads until the stream

@@ -9,7 +9,12 @@ use std::time::Duration;
 
 use claims::proto::{self, settlement_reply, ClaimRequest, LayerPayout, Settlement, SettlementReply, StoredSettlement};
 use rust_decimal::Decimal;
+use tokio_stream::StreamExt;
 use tonic::{Code, Status};
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_types::StatusExt;
 
 use crate::common::*;
@@ -296,3 +301,26 @@ pub trait Tap: Sized {
 }
 
 impl<T> Tap for T {}
+
+/// The services that server reflection (v1) lists.
+pub async fn reflected_services(app: &TestApp) -> Vec<String> {
+    let mut reflection = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+    let response = tokio::time::timeout(STREAM_WAIT, responses.next())
+        .await
+        .expect("a reflection answer in time")
+        .expect("an answer")
+        .expect("no error");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
