@@ -54,7 +54,7 @@ pub enum LedgerError {
 impl From<StoreError> for LedgerError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Database(_) => LedgerError::Unavailable(e.to_string()),
+            StoreError::Database(_) | StoreError::Sqlite(_) => LedgerError::Unavailable(e.to_string()),
             other => LedgerError::Internal(other.to_string()),
         }
     }
@@ -168,6 +168,7 @@ impl Ledger {
             };
             let (tx, rx) = mpsc::channel(config.queue_max.max(1));
             senders.push(tx);
+            let blocking = writer.blocking();
             let task = WriterTask {
                 store: store.clone(),
                 writer,
@@ -181,7 +182,11 @@ impl Ledger {
                 },
                 loss_ratio: loss_ratio.clone(),
             };
-            tasks.push(tokio::spawn(task.run()));
+            tasks.push(if blocking {
+                run_on_own_thread(task)?
+            } else {
+                tokio::spawn(task.run())
+            });
         }
         let handle = tokio::spawn(async move {
             for task in tasks {
@@ -294,6 +299,27 @@ impl Ledger {
         };
         Ok(settle(&self.catalogue(), &member, claim, &acc))
     }
+}
+
+/// Runs a writer whose statements block (SQLite through rusqlite) on a thread of its own, with a
+/// runtime of its own: its statements then block nothing else, and a batch costs one hand-off (the
+/// channel) instead of two per statement. The returned task ends when the writer does.
+fn run_on_own_thread(task: WriterTask) -> Result<tokio::task::JoinHandle<()>, LedgerError> {
+    let (done, finished) = oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LedgerError::Internal(format!("could not build the writer's runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("claims-writer".into())
+        .spawn(move || {
+            runtime.block_on(task.run());
+            let _ = done.send(());
+        })
+        .map_err(|e| LedgerError::Internal(format!("could not start the writer's thread: {e}")))?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
 }
 
 fn unexpected() -> LedgerError {

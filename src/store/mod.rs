@@ -6,16 +6,18 @@
 //!
 //! Money is stored as whole fen (`BIGINT`), dates as `YYYY-MM-DD` text.
 
+mod db;
 mod rows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
 use time::Date;
 
 use crate::domain::{
@@ -23,6 +25,7 @@ use crate::domain::{
     LossRatio, Member, MemberId, Money, PeriodKey, ProductCode, Reason, Settlement, Terms,
 };
 
+use db::{Cols, Conn, Db, Lite, Val};
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 
 /// Everything that can go wrong below the ledger.
@@ -30,6 +33,8 @@ pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 pub enum StoreError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored row that does not parse back: the database was changed behind the service's back.
@@ -62,6 +67,8 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite file, which the writer opens through rusqlite.
+    sqlite_path: Option<PathBuf>,
 }
 
 /// The shard of the next PostgreSQL writer: writers of one process take turns through the shards,
@@ -224,7 +231,15 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        let sqlite_path = match backend {
+            Backend::Sqlite => Some(db::sqlite_path(&url)?),
+            Backend::Postgres => None,
+        };
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_path,
+        })
     }
 
     pub async fn close(&self) {
@@ -233,12 +248,12 @@ impl Store {
 
     /// A connection for the ledger's writer.
     pub async fn writer(&self) -> Result<Writer> {
-        let shard = match self.backend {
-            Backend::Sqlite => 0,
-            Backend::Postgres => next_shard(),
+        let (conn, shard) = match (&self.sqlite_path, self.backend) {
+            (Some(path), Backend::Sqlite) => (Conn::Lite(Lite::open(path)?), 0),
+            _ => (Conn::Any(self.pool.acquire().await?.detach()), next_shard()),
         };
         Ok(Writer {
-            conn: self.pool.acquire().await?.detach(),
+            conn,
             backend: self.backend,
             shard,
             held: BTreeSet::new(),
@@ -249,7 +264,7 @@ impl Store {
     /// Every product period's current terms.
     pub async fn load_catalogue(&self) -> Result<Catalogue> {
         let mut conn = self.pool.acquire().await?;
-        load_catalogue(&mut conn).await
+        load_catalogue(&mut *conn).await
     }
 
     pub async fn terms_rows(&self, code: Option<&str>) -> Result<Vec<TermsRow>> {
@@ -258,7 +273,7 @@ impl Store {
 
     pub async fn get_settlement(&self, hospital: &str, claim: &str) -> Result<Option<StoredSettlement>> {
         let mut conn = self.pool.acquire().await?;
-        rows::settlement_by_key(&mut conn, hospital, claim).await
+        rows::settlement_by_key(&mut *conn, hospital, claim).await
     }
 
     pub async fn list_settlements(
@@ -289,12 +304,12 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let mut found = HashMap::new();
-        load_members(&mut tx, self.backend, &[member_id], &mut found).await?;
+        load_members(&mut *tx, self.backend, &[member_id], &mut found).await?;
         let Some(member) = found.remove(member_id) else {
             return Ok(None);
         };
         let keys: Vec<PeriodKey> = member.enrollments.keys().cloned().collect();
-        let acc = load_accumulators(&mut tx, self.backend, &[member_id], &keys).await?;
+        let acc = load_accumulators(&mut *tx, self.backend, &[member_id], &keys).await?;
         tx.commit().await?;
         Ok(Some((member, acc)))
     }
@@ -303,7 +318,7 @@ impl Store {
 /// The ledger's connection. Every method runs inside the transaction the ledger opened with
 /// [`Writer::begin`]; nothing is visible to others before [`Writer::commit`].
 pub struct Writer {
-    conn: AnyConnection,
+    conn: Conn,
     backend: Backend,
     /// The row of `product_total_shards` this writer adds its figures to.
     shard: i64,
@@ -385,16 +400,16 @@ impl Writer {
         self.exclusive = mode == TxMode::Exclusive;
         match self.backend {
             Backend::Sqlite => {
-                self.conn.execute("BEGIN IMMEDIATE").await?;
+                self.conn.run("BEGIN IMMEDIATE", Vec::new()).await?;
             }
             Backend::Postgres => {
-                self.conn.execute("BEGIN").await?;
+                self.conn.run("BEGIN", Vec::new()).await?;
                 let function = match mode {
                     TxMode::Shared => "pg_advisory_xact_lock_shared",
                     TxMode::Exclusive => "pg_advisory_xact_lock",
                 };
                 let sql = format!("SELECT {function}({}, {})", LockKey::GLOBAL.space, LockKey::GLOBAL.hash);
-                self.conn.execute(sql.as_str()).await?;
+                self.conn.rows(&sql, Vec::new(), |_| Ok(())).await?;
             }
         }
         Ok(())
@@ -403,6 +418,12 @@ impl Writer {
     /// Whether other writers run at the same time, so that [`Writer::lock`] matters.
     pub fn concurrent(&self) -> bool {
         self.backend == Backend::Postgres
+    }
+
+    /// Whether this writer blocks its thread on every statement (SQLite through rusqlite): the
+    /// ledger then runs it on a thread of its own.
+    pub fn blocking(&self) -> bool {
+        matches!(self.conn, Conn::Lite(_))
     }
 
     /// Takes transaction-scoped advisory locks on those of `keys` this transaction does not hold
@@ -427,28 +448,29 @@ impl Writer {
             "SELECT COUNT(pg_advisory_xact_lock(ns, h)) AS n FROM (VALUES {}) AS v(ns, h)",
             values.join(", ")
         );
-        self.conn.execute(sql.as_str()).await?;
+        self.conn.rows(&sql, Vec::new(), |_| Ok(())).await?;
         self.held.extend(wanted);
         Ok(())
     }
 
     pub async fn commit(&mut self) -> Result<()> {
-        self.conn.execute("COMMIT").await?;
+        self.conn.run("COMMIT", Vec::new()).await?;
         Ok(())
     }
 
     pub async fn rollback(&mut self) -> Result<()> {
-        self.conn.execute("ROLLBACK").await?;
+        self.conn.run("ROLLBACK", Vec::new()).await?;
         Ok(())
     }
 
     /// How many terms versions exist: the ledger reloads its catalogue when another process
     /// changed it.
     pub async fn terms_count(&mut self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM terms")
-            .fetch_one(&mut self.conn)
+        let n = self
+            .conn
+            .rows("SELECT COUNT(*) AS n FROM terms", Vec::new(), |r| r.int("n"))
             .await?;
-        Ok(row.try_get::<i64, _>("n")?)
+        Ok(n.first().copied().unwrap_or_default())
     }
 
     pub async fn load_catalogue(&mut self) -> Result<Catalogue> {
@@ -470,7 +492,7 @@ impl Writer {
     /// number and canonical claim; one query per chunk of keys.
     pub async fn claims_by_keys(&mut self, keys: &[(&str, &str)]) -> Result<HashMap<(String, String), (i64, String)>> {
         let mut found = HashMap::new();
-        for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in keys.chunks(self.conn.rows_per_statement()) {
             let mut params = Params::new(self.backend);
             let clauses: Vec<String> = (0..chunk.len())
                 .map(|_| format!("(hospital_id = {} AND claim_id = {})", params.next(), params.next()))
@@ -479,16 +501,17 @@ impl Writer {
                 "SELECT seq, hospital_id, claim_id, claim_json FROM settlements WHERE {}",
                 clauses.join(" OR ")
             );
-            let mut query = sqlx::query(&sql);
-            for (hospital, claim) in chunk {
-                query = query.bind(*hospital).bind(*claim);
-            }
-            for row in query.fetch_all(&mut self.conn).await? {
-                found.insert(
-                    (row.try_get("hospital_id")?, row.try_get("claim_id")?),
-                    (row.try_get("seq")?, row.try_get("claim_json")?),
-                );
-            }
+            let values = chunk.iter().flat_map(|(h, c)| [Val::Str(h), Val::Str(c)]).collect();
+            let rows = self
+                .conn
+                .rows(&sql, values, |r| {
+                    Ok((
+                        (r.text("hospital_id")?, r.text("claim_id")?),
+                        (r.int("seq")?, r.text("claim_json")?),
+                    ))
+                })
+                .await?;
+            found.extend(rows);
         }
         Ok(found)
     }
@@ -496,9 +519,7 @@ impl Writer {
     /// The members among `ids` that exist, with categories and enrollments.
     pub async fn members(&mut self, ids: &[&MemberId]) -> Result<HashMap<MemberId, Member>> {
         let mut found = HashMap::new();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT_MAX) {
-            load_members(&mut self.conn, self.backend, chunk, &mut found).await?;
-        }
+        load_members(&mut self.conn, self.backend, ids, &mut found).await?;
         Ok(found)
     }
 
@@ -512,7 +533,7 @@ impl Writer {
     /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
     pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
-        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in rows.chunks(self.conn.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
                  total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
@@ -520,29 +541,31 @@ impl Writer {
             sql.push_str(&Params::new(self.backend).values(chunk.len(), 12));
             // Row order of RETURNING is not defined: the key maps each number back.
             sql.push_str(" RETURNING seq, hospital_id, claim_id");
-            let mut query = sqlx::query(&sql);
+            let mut values = Vec::with_capacity(chunk.len() * 12);
             for r in chunk {
                 let s = r.settlement;
-                query = query
-                    .bind(s.hospital_id.as_str())
-                    .bind(s.claim_id.as_str())
-                    .bind(s.member_id.as_str())
-                    .bind(format_date(s.service_date))
-                    .bind(s.category.as_str())
-                    .bind(r.claim_json)
-                    .bind(fen(s.total_cost, "settlements")?)
-                    .bind(fen(s.upstream_total, "settlements")?)
-                    .bind(fen(s.payout_total, "settlements")?)
-                    .bind(fen(s.out_of_pocket, "settlements")?)
-                    .bind(reasons_text(&s.reasons))
-                    .bind(r.settled_at);
+                values.extend([
+                    Val::Str(s.hospital_id.as_str()),
+                    Val::Str(s.claim_id.as_str()),
+                    Val::Str(s.member_id.as_str()),
+                    Val::Text(format_date(s.service_date)),
+                    Val::Str(s.category.as_str()),
+                    Val::Str(r.claim_json),
+                    Val::Int(fen(s.total_cost, "settlements")?),
+                    Val::Int(fen(s.upstream_total, "settlements")?),
+                    Val::Int(fen(s.payout_total, "settlements")?),
+                    Val::Int(fen(s.out_of_pocket, "settlements")?),
+                    Val::Text(reasons_text(&s.reasons)),
+                    Val::Str(r.settled_at),
+                ]);
             }
-            for row in query.fetch_all(&mut self.conn).await? {
-                seqs.insert(
-                    (row.try_get("hospital_id")?, row.try_get("claim_id")?),
-                    row.try_get("seq")?,
-                );
-            }
+            let returned = self
+                .conn
+                .rows(&sql, values, |r| {
+                    Ok(((r.text("hospital_id")?, r.text("claim_id")?), r.int("seq")?))
+                })
+                .await?;
+            seqs.extend(returned);
         }
         let mut ordered = Vec::with_capacity(rows.len());
         for r in rows {
@@ -558,29 +581,30 @@ impl Writer {
             .zip(&ordered)
             .flat_map(|(r, seq)| r.settlement.layers.iter().enumerate().map(move |(i, l)| (*seq, i, l)))
             .collect();
-        for chunk in layers.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in layers.chunks(self.conn.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
                  terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) VALUES ",
             );
             sql.push_str(&Params::new(self.backend).values(chunk.len(), 12));
-            let mut query = sqlx::query(&sql);
+            let mut values = Vec::with_capacity(chunk.len() * 12);
             for (seq, i, l) in chunk {
-                query = query
-                    .bind(*seq)
-                    .bind(*i as i64)
-                    .bind(l.product.as_str())
-                    .bind(format_date(l.period_start))
-                    .bind(format_date(l.period_end))
-                    .bind(i64::from(l.terms_version))
-                    .bind(l.layer_order)
-                    .bind(l.benefit.as_ref().map(|b| b.to_string()))
-                    .bind(fen(l.eligible, "settlement_layers")?)
-                    .bind(fen(l.deductible_applied, "settlement_layers")?)
-                    .bind(fen(l.payout, "settlement_layers")?)
-                    .bind(reasons_text(&l.reasons));
+                values.extend([
+                    Val::Int(*seq),
+                    Val::Int(*i as i64),
+                    Val::Str(l.product.as_str()),
+                    Val::Text(format_date(l.period_start)),
+                    Val::Text(format_date(l.period_end)),
+                    Val::Int(i64::from(l.terms_version)),
+                    Val::Int(l.layer_order),
+                    Val::from(l.benefit.as_ref().map(|b| b.to_string())),
+                    Val::Int(fen(l.eligible, "settlement_layers")?),
+                    Val::Int(fen(l.deductible_applied, "settlement_layers")?),
+                    Val::Int(fen(l.payout, "settlement_layers")?),
+                    Val::Text(reasons_text(&l.reasons)),
+                ]);
             }
-            query.execute(&mut self.conn).await?;
+            self.conn.run(&sql, values).await?;
         }
         let settlements: Vec<&Settlement> = rows.iter().map(|r| r.settlement).collect();
         self.add_to_running_figures(&settlements, 1).await?;
@@ -589,10 +613,11 @@ impl Writer {
 
     /// Appends the reversal of settlement `seq` and takes its changes back.
     pub async fn insert_reversal(&mut self, seq: i64, s: &Settlement, reversed_at: &str) -> Result<()> {
-        sqlx::query("INSERT INTO reversals (settlement_seq, reversed_at) VALUES ($1, $2)")
-            .bind(seq)
-            .bind(reversed_at)
-            .execute(&mut self.conn)
+        self.conn
+            .run(
+                "INSERT INTO reversals (settlement_seq, reversed_at) VALUES ($1, $2)",
+                vec![Val::Int(seq), Val::Str(reversed_at)],
+            )
             .await?;
         self.add_to_running_figures(&[s], -1).await
     }
@@ -616,25 +641,26 @@ impl Writer {
             }
         }
         let usage: Vec<_> = usage.into_iter().collect();
-        for chunk in usage.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in usage.chunks(self.conn.rows_per_statement()) {
             let sql = self.upsert_adding(
                 "accumulators",
                 &["member_id", "product_code", "period_start", "benefit_code"],
                 &["deductible_used_fen", "band_position_fen", "paid_fen"],
                 chunk.len(),
             );
-            let mut query = sqlx::query(&sql);
+            let mut values = Vec::with_capacity(chunk.len() * 7);
             for ((member, period, benefit), delta) in chunk {
-                query = query
-                    .bind(member.as_str())
-                    .bind(period.product.as_str())
-                    .bind(format_date(period.start))
-                    .bind(benefit.as_str())
-                    .bind(sign * fen(delta.deductible_used, "accumulators")?)
-                    .bind(sign * fen(delta.band_position, "accumulators")?)
-                    .bind(sign * fen(delta.paid, "accumulators")?);
+                values.extend([
+                    Val::Str(member.as_str()),
+                    Val::Str(period.product.as_str()),
+                    Val::Text(format_date(period.start)),
+                    Val::Str(benefit.as_str()),
+                    Val::Int(sign * fen(delta.deductible_used, "accumulators")?),
+                    Val::Int(sign * fen(delta.band_position, "accumulators")?),
+                    Val::Int(sign * fen(delta.paid, "accumulators")?),
+                ]);
             }
-            query.execute(&mut self.conn).await?;
+            self.conn.run(&sql, values).await?;
         }
         let mut deltas = BTreeMap::new();
         for (key, (paid, claims)) in totals {
@@ -672,25 +698,26 @@ impl Writer {
     /// order (so two writers that share a shard lock its rows in the same order).
     pub async fn add_to_totals(&mut self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<()> {
         let rows: Vec<(&PeriodKey, &TotalsDelta)> = deltas.iter().collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT_MAX) {
+        for chunk in rows.chunks(self.conn.rows_per_statement()) {
             let sql = self.upsert_adding(
                 "product_total_shards",
                 &["product_code", "period_start", "shard"],
                 &["written_premium_fen", "enrolled_members", "paid_fen", "paid_claims"],
                 chunk.len(),
             );
-            let mut query = sqlx::query(&sql);
+            let mut values = Vec::with_capacity(chunk.len() * 7);
             for (key, d) in chunk {
-                query = query
-                    .bind(key.product.as_str())
-                    .bind(format_date(key.start))
-                    .bind(self.shard)
-                    .bind(d.written_premium_fen)
-                    .bind(d.enrolled_members)
-                    .bind(d.paid_fen)
-                    .bind(d.paid_claims);
+                values.extend([
+                    Val::Str(key.product.as_str()),
+                    Val::Text(format_date(key.start)),
+                    Val::Int(self.shard),
+                    Val::Int(d.written_premium_fen),
+                    Val::Int(d.enrolled_members),
+                    Val::Int(d.paid_fen),
+                    Val::Int(d.paid_claims),
+                ]);
             }
-            query.execute(&mut self.conn).await?;
+            self.conn.run(&sql, values).await?;
         }
         Ok(())
     }
@@ -698,49 +725,53 @@ impl Writer {
     /// Stores a terms version and makes sure the period has its running totals row.
     pub async fn insert_terms(&mut self, terms: &Terms, toml: &str, version: u32, applied_at: &str) -> Result<()> {
         let p = &terms.product;
-        sqlx::query(
-            "INSERT INTO terms (product_code, period_start, version, period_end, toml, applied_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(p.code.as_str())
-        .bind(format_date(p.period.start))
-        .bind(i64::from(version))
-        .bind(format_date(p.period.end))
-        .bind(toml)
-        .bind(applied_at)
-        .execute(&mut self.conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
-             enrolled_members, paid_fen, paid_claims) VALUES ($1, $2, 0, 0, 0, 0, 0) \
-             ON CONFLICT (product_code, period_start, shard) DO NOTHING",
-        )
-        .bind(p.code.as_str())
-        .bind(format_date(p.period.start))
-        .execute(&mut self.conn)
-        .await?;
+        self.conn
+            .run(
+                "INSERT INTO terms (product_code, period_start, version, period_end, toml, applied_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                vec![
+                    Val::Str(p.code.as_str()),
+                    Val::Text(format_date(p.period.start)),
+                    Val::Int(i64::from(version)),
+                    Val::Text(format_date(p.period.end)),
+                    Val::Str(toml),
+                    Val::Str(applied_at),
+                ],
+            )
+            .await?;
+        self.conn
+            .run(
+                "INSERT INTO product_total_shards (product_code, period_start, shard, written_premium_fen, \
+                 enrolled_members, paid_fen, paid_claims) VALUES ($1, $2, 0, 0, 0, 0, 0) \
+                 ON CONFLICT (product_code, period_start, shard) DO NOTHING",
+                vec![Val::Str(p.code.as_str()), Val::Text(format_date(p.period.start))],
+            )
+            .await?;
         Ok(())
     }
 
     pub async fn ensure_member(&mut self, member_id: &MemberId, now: &str) -> Result<()> {
-        sqlx::query("INSERT INTO members (member_id, created_at) VALUES ($1, $2) ON CONFLICT (member_id) DO NOTHING")
-            .bind(member_id.as_str())
-            .bind(now)
-            .execute(&mut self.conn)
+        self.conn
+            .run(
+                "INSERT INTO members (member_id, created_at) VALUES ($1, $2) ON CONFLICT (member_id) DO NOTHING",
+                vec![Val::Str(member_id.as_str()), Val::Str(now)],
+            )
             .await?;
         Ok(())
     }
 
     pub async fn set_category(&mut self, member_id: &MemberId, effective: Date, category: Category) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO member_categories (member_id, effective_date, category) VALUES ($1, $2, $3) \
-             ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
-        )
-        .bind(member_id.as_str())
-        .bind(format_date(effective))
-        .bind(category.as_str())
-        .execute(&mut self.conn)
-        .await?;
+        self.conn
+            .run(
+                "INSERT INTO member_categories (member_id, effective_date, category) VALUES ($1, $2, $3) \
+                 ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
+                vec![
+                    Val::Str(member_id.as_str()),
+                    Val::Text(format_date(effective)),
+                    Val::Str(category.as_str()),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -749,29 +780,35 @@ impl Writer {
     /// transaction.
     pub async fn enroll(&mut self, member_id: &MemberId, key: &PeriodKey, premium: Money) -> Result<TotalsDelta> {
         let start = format_date(key.start);
-        let previous = sqlx::query(
-            "SELECT premium_fen FROM enrollments WHERE member_id = $1 AND product_code = $2 AND period_start = $3",
-        )
-        .bind(member_id.as_str())
-        .bind(key.product.as_str())
-        .bind(&start)
-        .fetch_optional(&mut self.conn)
-        .await?;
+        let previous = self
+            .conn
+            .rows(
+                "SELECT premium_fen FROM enrollments WHERE member_id = $1 AND product_code = $2 AND period_start = $3",
+                vec![
+                    Val::Str(member_id.as_str()),
+                    Val::Str(key.product.as_str()),
+                    Val::Str(&start),
+                ],
+                |r| r.int("premium_fen"),
+            )
+            .await?;
         let premium_fen = fen(premium.decimal(), "enrollments")?;
-        let (premium_delta, member_delta) = match previous {
-            Some(row) => (premium_fen - row.try_get::<i64, _>("premium_fen")?, 0),
+        let (premium_delta, member_delta) = match previous.first() {
+            Some(previous) => (premium_fen - previous, 0),
             None => (premium_fen, 1),
         };
-        sqlx::query(
-            "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
-        )
-        .bind(member_id.as_str())
-        .bind(key.product.as_str())
-        .bind(&start)
-        .bind(premium_fen)
-        .execute(&mut self.conn)
-        .await?;
+        self.conn
+            .run(
+                "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
+                vec![
+                    Val::Str(member_id.as_str()),
+                    Val::Str(key.product.as_str()),
+                    Val::Str(&start),
+                    Val::Int(premium_fen),
+                ],
+            )
+            .await?;
         Ok(TotalsDelta {
             written_premium_fen: premium_delta,
             enrolled_members: member_delta,
@@ -782,27 +819,27 @@ impl Writer {
     /// The running figures of some product periods, read after a commit.
     pub async fn loss_ratios_of(&mut self, keys: &[&PeriodKey]) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
         let mut all = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
-            all.extend(rows::loss_ratios_of(&mut self.conn, chunk).await?);
+        for chunk in keys.chunks(self.conn.rows_per_statement()) {
+            all.extend(rows::loss_ratios_of(&mut self.conn, self.backend, chunk).await?);
         }
         Ok(all)
     }
 }
 
-async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
+async fn load_catalogue(db: &mut impl Db) -> Result<Catalogue> {
     // The highest version of each period is the current one.
-    let rows = sqlx::query(
-        "SELECT t.toml AS toml, t.version AS version FROM terms t \
-         JOIN (SELECT product_code, period_start, MAX(version) AS version FROM terms \
-               GROUP BY product_code, period_start) m \
-         ON t.product_code = m.product_code AND t.period_start = m.period_start AND t.version = m.version",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = db
+        .rows(
+            "SELECT t.toml AS toml, t.version AS version FROM terms t \
+             JOIN (SELECT product_code, period_start, MAX(version) AS version FROM terms \
+                   GROUP BY product_code, period_start) m \
+             ON t.product_code = m.product_code AND t.period_start = m.period_start AND t.version = m.version",
+            Vec::new(),
+            |r| Ok((r.text("toml")?, r.int("version")?)),
+        )
+        .await?;
     let mut catalogue = Catalogue::new();
-    for row in rows {
-        let text: String = row.try_get("toml")?;
-        let version: i64 = row.try_get("version")?;
+    for (text, version) in rows {
         let terms = Terms::from_toml(&text).map_err(|e| corrupt("terms", e.to_string()))?;
         let version = u32::try_from(version).map_err(|e| corrupt("terms", e.to_string()))?;
         catalogue.insert_version(terms, version);
@@ -810,60 +847,63 @@ async fn load_catalogue(conn: &mut AnyConnection) -> Result<Catalogue> {
     Ok(catalogue)
 }
 
-/// Members with categories and enrollments, in one query of one row per member: the writer reads
-/// them for every batch, and on SQLite every row costs a hand-off between sqlx's worker thread and
-/// the runtime (the profile in docs/benchmarks.md), so each member's categories and enrollments
-/// come back folded into one text column each (`2022-01-01=DIBAO,...`, `code@2022-01-01=15000,...`;
-/// no code, date, category or number contains `,`, `@` or `=`).
+/// Members with categories and enrollments, in one query of one row per member (per chunk of
+/// `rows_per_statement` members): each member's categories and enrollments come back folded into
+/// one text column each (`2022-01-01=DIBAO,...`, `code@2022-01-01=15000,...`; no code, date,
+/// category or number contains `,`, `@` or `=`), so a read of many members costs few rows.
 async fn load_members(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     backend: Backend,
     ids: &[&MemberId],
     found: &mut HashMap<MemberId, Member>,
 ) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
     let agg = backend.string_agg();
-    let sql = format!(
-        "SELECT m.member_id AS member_id, \
-         COALESCE((SELECT {agg}(c.effective_date || '=' || c.category, ',') FROM member_categories c \
-                   WHERE c.member_id = m.member_id), '') AS categories, \
-         COALESCE((SELECT {agg}(e.product_code || '@' || e.period_start || '=' || CAST(e.premium_fen AS TEXT), ',') \
-                   FROM enrollments e WHERE e.member_id = m.member_id), '') AS enrollments \
-         FROM members m WHERE m.member_id IN ({})",
-        Params::new(backend).list(ids.len())
-    );
-    let mut query = sqlx::query(&sql);
-    for id in ids {
-        query = query.bind(id.as_str());
-    }
-    for row in query.fetch_all(&mut *conn).await? {
-        let id: String = row.try_get("member_id")?;
-        let mut member = Member::new(MemberId::parse(&id).map_err(|e| corrupt("members", e))?);
-        let categories: String = row.try_get("categories")?;
-        for item in categories.split(',').filter(|i| !i.is_empty()) {
-            let (date, category) = item
-                .split_once('=')
-                .ok_or_else(|| corrupt("member_categories", format!("{item:?}")))?;
-            let date = date_col(date, "member_categories")?;
-            let category = Category::from_str(category).map_err(|e| corrupt("member_categories", e))?;
-            member.categories.set(date, category);
+    for chunk in ids.chunks(db.rows_per_statement()) {
+        let sql = format!(
+            "SELECT m.member_id AS member_id, \
+             COALESCE((SELECT {agg}(c.effective_date || '=' || c.category, ',') FROM member_categories c \
+                       WHERE c.member_id = m.member_id), '') AS categories, \
+             COALESCE((SELECT {agg}(e.product_code || '@' || e.period_start || '=' || CAST(e.premium_fen AS TEXT), ',') \
+                       FROM enrollments e WHERE e.member_id = m.member_id), '') AS enrollments \
+             FROM members m WHERE m.member_id IN ({})",
+            Params::new(backend).list(chunk.len())
+        );
+        let values = chunk.iter().map(|id| Val::Str(id.as_str())).collect();
+        let rows = db
+            .rows(&sql, values, |r| {
+                Ok((r.text("member_id")?, r.text("categories")?, r.text("enrollments")?))
+            })
+            .await?;
+        for (id, categories, enrollments) in rows {
+            let member = parse_member(&id, &categories, &enrollments)?;
+            found.insert(member.id.clone(), member);
         }
-        let enrollments: String = row.try_get("enrollments")?;
-        for item in enrollments.split(',').filter(|i| !i.is_empty()) {
-            let bad = || corrupt("enrollments", format!("{item:?}"));
-            let (period, premium) = item.split_once('=').ok_or_else(bad)?;
-            let (code, start) = period.split_once('@').ok_or_else(bad)?;
-            let premium = premium.parse::<i64>().map_err(|_| bad())?;
-            let premium = Money::from_fen(premium).map_err(|e| corrupt("enrollments", e))?;
-            member
-                .enrollments
-                .insert(period_key(code, start, "enrollments")?, premium);
-        }
-        found.insert(member.id.clone(), member);
     }
     Ok(())
+}
+
+/// A member from the folded columns of [`load_members`].
+fn parse_member(id: &str, categories: &str, enrollments: &str) -> Result<Member> {
+    let mut member = Member::new(MemberId::parse(id).map_err(|e| corrupt("members", e))?);
+    for item in categories.split(',').filter(|i| !i.is_empty()) {
+        let (date, category) = item
+            .split_once('=')
+            .ok_or_else(|| corrupt("member_categories", format!("{item:?}")))?;
+        let date = date_col(date, "member_categories")?;
+        let category = Category::from_str(category).map_err(|e| corrupt("member_categories", e))?;
+        member.categories.set(date, category);
+    }
+    for item in enrollments.split(',').filter(|i| !i.is_empty()) {
+        let bad = || corrupt("enrollments", format!("{item:?}"));
+        let (period, premium) = item.split_once('=').ok_or_else(bad)?;
+        let (code, start) = period.split_once('@').ok_or_else(bad)?;
+        let premium = premium.parse::<i64>().map_err(|_| bad())?;
+        let premium = Money::from_fen(premium).map_err(|e| corrupt("enrollments", e))?;
+        member
+            .enrollments
+            .insert(period_key(code, start, "enrollments")?, premium);
+    }
+    Ok(member)
 }
 
 pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result<PeriodKey> {
@@ -876,7 +916,7 @@ pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result
 /// The usage of `members` in `keys`, plus each period's total paid by all members, as an in-memory
 /// book the engine reads.
 async fn load_accumulators(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     backend: Backend,
     members: &[&MemberId],
     keys: &[PeriodKey],
@@ -887,21 +927,19 @@ async fn load_accumulators(
     }
     // One row per member, as for `load_members`: `code@start@benefit=deductible/band/paid,...`.
     let agg = backend.string_agg();
-    for chunk in members.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in members.chunks(db.rows_per_statement()) {
         let sql = format!(
             "SELECT member_id, {agg}(product_code || '@' || period_start || '@' || benefit_code || '=' || \
              CAST(deductible_used_fen AS TEXT) || '/' || CAST(band_position_fen AS TEXT) || '/' || \
              CAST(paid_fen AS TEXT), ',') AS usage FROM accumulators WHERE member_id IN ({}) GROUP BY member_id",
             Params::new(backend).list(chunk.len())
         );
-        let mut query = sqlx::query(&sql);
-        for m in chunk {
-            query = query.bind(m.as_str());
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            let member =
-                MemberId::parse(&row.try_get::<String, _>("member_id")?).map_err(|e| corrupt("accumulators", e))?;
-            let usage: String = row.try_get("usage")?;
+        let values = chunk.iter().map(|m| Val::Str(m.as_str())).collect();
+        let rows = db
+            .rows(&sql, values, |r| Ok((r.text("member_id")?, r.text("usage")?)))
+            .await?;
+        for (member, usage) in rows {
+            let member = MemberId::parse(&member).map_err(|e| corrupt("accumulators", e))?;
             for item in usage.split(',').filter(|i| !i.is_empty()) {
                 let (key, benefit, usage) = parse_usage(item)?;
                 if keys.contains(&key) {
@@ -912,7 +950,7 @@ async fn load_accumulators(
     }
     // Other members' payouts count towards aggregate caps: each period's stored total less the part
     // of the members loaded.
-    for chunk in keys.chunks(ROWS_PER_STATEMENT_MAX) {
+    for chunk in keys.chunks(db.rows_per_statement()) {
         let mut params = Params::new(backend);
         let clauses: Vec<String> = (0..chunk.len())
             .map(|_| {
@@ -927,17 +965,18 @@ async fn load_accumulators(
             "SELECT product_code, period_start, paid_fen FROM product_totals WHERE {}",
             clauses.join(" OR ")
         );
-        let mut query = sqlx::query(&sql);
-        for key in chunk {
-            query = query.bind(key.product.as_str()).bind(format_date(key.start));
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            let key = period_key(
-                &row.try_get::<String, _>("product_code")?,
-                &row.try_get::<String, _>("period_start")?,
-                "product_totals",
-            )?;
-            let total = from_fen(row.try_get("paid_fen")?);
+        let values = chunk
+            .iter()
+            .flat_map(|key| [Val::Str(key.product.as_str()), Val::Text(format_date(key.start))])
+            .collect();
+        let rows = db
+            .rows(&sql, values, |r| {
+                Ok((r.text("product_code")?, r.text("period_start")?, r.int("paid_fen")?))
+            })
+            .await?;
+        for (code, start, paid) in rows {
+            let key = period_key(&code, &start, "product_totals")?;
+            let total = from_fen(paid);
             let loaded = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
             if total != loaded {
                 acc.add_period_paid(&key, total - loaded);
@@ -973,22 +1012,22 @@ fn parse_usage(item: &str) -> Result<(PeriodKey, BenefitCode, BenefitUsage)> {
 }
 
 /// A layer as stored: enough to rebuild the settlement and its accumulator changes.
-pub(crate) fn layer_from_row(row: &sqlx::any::AnyRow) -> Result<LayerResult> {
+pub(crate) fn layer_from_row(row: &dyn Cols) -> Result<LayerResult> {
     let t = "settlement_layers";
-    let benefit: Option<String> = row.try_get("benefit_code")?;
+    let benefit = row.opt_text("benefit_code")?;
     Ok(LayerResult {
-        product: ProductCode::parse(&row.try_get::<String, _>("product_code")?).map_err(|e| corrupt(t, e))?,
-        period_start: date_col(&row.try_get::<String, _>("period_start")?, t)?,
-        period_end: date_col(&row.try_get::<String, _>("period_end")?, t)?,
-        terms_version: u32::try_from(row.try_get::<i64, _>("terms_version")?).map_err(|e| corrupt(t, e.to_string()))?,
-        layer_order: row.try_get("layer_order")?,
+        product: ProductCode::parse(&row.text("product_code")?).map_err(|e| corrupt(t, e))?,
+        period_start: date_col(&row.text("period_start")?, t)?,
+        period_end: date_col(&row.text("period_end")?, t)?,
+        terms_version: u32::try_from(row.int("terms_version")?).map_err(|e| corrupt(t, e.to_string()))?,
+        layer_order: row.int("layer_order")?,
         benefit: benefit
             .filter(|b| !b.is_empty())
             .map(|b| BenefitCode::parse(&b).map_err(|e| corrupt(t, e)))
             .transpose()?,
-        eligible: from_fen(row.try_get("eligible_fen")?),
-        deductible_applied: from_fen(row.try_get("deductible_fen")?),
-        payout: from_fen(row.try_get("payout_fen")?),
-        reasons: parse_reasons(&row.try_get::<String, _>("reasons")?, t)?,
+        eligible: from_fen(row.int("eligible_fen")?),
+        deductible_applied: from_fen(row.int("deductible_fen")?),
+        payout: from_fen(row.int("payout_fen")?),
+        reasons: parse_reasons(&row.text("reasons")?, t)?,
     })
 }

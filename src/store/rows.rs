@@ -3,11 +3,13 @@
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyPool, Row};
 
-use super::{corrupt, date_col, from_fen, layer_from_row, parse_reasons, period_key, Result};
-use crate::domain::{format_date, Category, ClaimId, HospitalId, LossRatio, MemberId, PeriodKey, Settlement};
+use super::db::{Cols, Db, Val};
+use super::{corrupt, date_col, from_fen, layer_from_row, parse_reasons, period_key, Backend, Params, Result};
+use crate::domain::{
+    format_date, Category, ClaimId, HospitalId, LayerResult, LossRatio, MemberId, PeriodKey, Settlement,
+};
 
 /// A settlement as stored, with its sequence number and reversal, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,36 +61,34 @@ const SETTLEMENT_COLUMNS: &str = "s.seq AS seq, s.hospital_id AS hospital_id, s.
 const LAYER_COLUMNS: &str = "seq, layer_index, product_code, period_start, period_end, terms_version, layer_order, \
      benefit_code, eligible_fen, deductible_fen, payout_fen, reasons";
 
-fn settlement_head(row: &AnyRow) -> Result<StoredSettlement> {
+fn settlement_head(row: &dyn Cols) -> Result<StoredSettlement> {
     let t = "settlements";
-    let member_id = MemberId::parse(&row.try_get::<String, _>("member_id")?).map_err(|e| corrupt(t, e))?;
+    let member_id = MemberId::parse(&row.text("member_id")?).map_err(|e| corrupt(t, e))?;
     Ok(StoredSettlement {
         settlement: Settlement {
-            claim_id: ClaimId::parse(&row.try_get::<String, _>("claim_id")?).map_err(|e| corrupt(t, e))?,
-            hospital_id: HospitalId::parse(&row.try_get::<String, _>("hospital_id")?).map_err(|e| corrupt(t, e))?,
+            claim_id: ClaimId::parse(&row.text("claim_id")?).map_err(|e| corrupt(t, e))?,
+            hospital_id: HospitalId::parse(&row.text("hospital_id")?).map_err(|e| corrupt(t, e))?,
             changes: Settlement::changes_of(&member_id, &[]),
             member_id,
-            service_date: date_col(&row.try_get::<String, _>("service_date")?, t)?,
-            category: Category::from_str(&row.try_get::<String, _>("category")?).map_err(|e| corrupt(t, e))?,
-            total_cost: from_fen(row.try_get("total_cost_fen")?),
-            upstream_total: from_fen(row.try_get("upstream_fen")?),
-            payout_total: from_fen(row.try_get("payout_fen")?),
-            out_of_pocket: from_fen(row.try_get("out_of_pocket_fen")?),
+            service_date: date_col(&row.text("service_date")?, t)?,
+            category: Category::from_str(&row.text("category")?).map_err(|e| corrupt(t, e))?,
+            total_cost: from_fen(row.int("total_cost_fen")?),
+            upstream_total: from_fen(row.int("upstream_fen")?),
+            payout_total: from_fen(row.int("payout_fen")?),
+            out_of_pocket: from_fen(row.int("out_of_pocket_fen")?),
             layers: Vec::new(),
-            reasons: parse_reasons(&row.try_get::<String, _>("reasons")?, t)?,
+            reasons: parse_reasons(&row.text("reasons")?, t)?,
         },
-        seq: row.try_get("seq")?,
-        settled_at: row.try_get("settled_at")?,
-        reversed_at: row.try_get("reversed_at")?,
-        claim_json: row.try_get("claim_json")?,
+        seq: row.int("seq")?,
+        settled_at: row.text("settled_at")?,
+        reversed_at: row.opt_text("reversed_at")?,
+        claim_json: row.text("claim_json")?,
     })
 }
 
 /// Attaches layers (rows ordered by seq, layer_index) to their settlements and rebuilds changes.
-fn attach_layers(settlements: &mut [StoredSettlement], layer_rows: &[AnyRow]) -> Result<()> {
-    for row in layer_rows {
-        let seq: i64 = row.try_get("seq")?;
-        let layer = layer_from_row(row)?;
+fn attach_layers(settlements: &mut [StoredSettlement], layers: Vec<(i64, LayerResult)>) -> Result<()> {
+    for (seq, layer) in layers {
         if let Some(s) = settlements.iter_mut().find(|s| s.seq == seq) {
             s.settlement.layers.push(layer);
         }
@@ -99,8 +99,12 @@ fn attach_layers(settlements: &mut [StoredSettlement], layer_rows: &[AnyRow]) ->
     Ok(())
 }
 
+fn layer_row(row: &dyn Cols) -> Result<(i64, LayerResult)> {
+    Ok((row.int("seq")?, layer_from_row(row)?))
+}
+
 pub(super) async fn settlement_by_key(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     hospital: &str,
     claim: &str,
 ) -> Result<Option<StoredSettlement>> {
@@ -108,22 +112,21 @@ pub(super) async fn settlement_by_key(
         "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
          WHERE s.hospital_id = $1 AND s.claim_id = $2"
     );
-    let Some(row) = sqlx::query(&sql)
-        .bind(hospital)
-        .bind(claim)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+    let mut stored = db
+        .rows(&sql, vec![Val::Str(hospital), Val::Str(claim)], settlement_head)
+        .await?;
+    let Some(seq) = stored.first().map(|s| s.seq) else {
         return Ok(None);
     };
-    let mut stored = vec![settlement_head(&row)?];
-    let layers = sqlx::query(&format!(
-        "SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq = $1 ORDER BY layer_index"
-    ))
-    .bind(stored[0].seq)
-    .fetch_all(&mut *conn)
-    .await?;
-    attach_layers(&mut stored, &layers)?;
+    stored.truncate(1);
+    let layers = db
+        .rows(
+            &format!("SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq = $1 ORDER BY layer_index"),
+            vec![Val::Int(seq)],
+            layer_row,
+        )
+        .await?;
+    attach_layers(&mut stored, layers)?;
     Ok(stored.pop())
 }
 
@@ -180,7 +183,7 @@ pub(super) async fn list_settlements(
         query = query.bind(v.clone());
     }
     let rows = query.bind(limit).fetch_all(pool).await?;
-    let mut stored = rows.iter().map(settlement_head).collect::<Result<Vec<_>>>()?;
+    let mut stored = rows.iter().map(|r| settlement_head(r)).collect::<Result<Vec<_>>>()?;
     if let (Some(first), Some(last)) = (stored.first(), stored.last()) {
         let layers = sqlx::query(&format!(
             "SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq >= $1 AND seq <= $2 ORDER BY seq, layer_index"
@@ -189,7 +192,8 @@ pub(super) async fn list_settlements(
         .bind(last.seq)
         .fetch_all(pool)
         .await?;
-        attach_layers(&mut stored, &layers)?;
+        let layers = layers.iter().map(|r| layer_row(r)).collect::<Result<Vec<_>>>()?;
+        attach_layers(&mut stored, layers)?;
     }
     Ok(stored)
 }
@@ -233,19 +237,14 @@ pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter)
     Ok(totals)
 }
 
-fn loss_ratio_row(row: &AnyRow) -> Result<(PeriodKey, LossRatio, i64)> {
-    let key = period_key(
-        &row.try_get::<String, _>("product_code")?,
-        &row.try_get::<String, _>("period_start")?,
-        "product_totals",
-    )?;
+fn loss_ratio_row(row: &dyn Cols) -> Result<(PeriodKey, LossRatio, i64)> {
+    let key = period_key(&row.text("product_code")?, &row.text("period_start")?, "product_totals")?;
     let figures = LossRatio {
-        written_premium: from_fen(row.try_get("written_premium_fen")?),
-        paid: from_fen(row.try_get("paid_fen")?),
-        paid_claims: u64::try_from(row.try_get::<i64, _>("paid_claims")?)
-            .map_err(|e| corrupt("product_totals", e.to_string()))?,
+        written_premium: from_fen(row.int("written_premium_fen")?),
+        paid: from_fen(row.int("paid_fen")?),
+        paid_claims: u64::try_from(row.int("paid_claims")?).map_err(|e| corrupt("product_totals", e.to_string()))?,
     };
-    Ok((key, figures, row.try_get("enrolled_members")?))
+    Ok((key, figures, row.int("enrolled_members")?))
 }
 
 const TOTALS_COLUMNS: &str = "product_code, period_start, written_premium_fen, enrolled_members, paid_fen, paid_claims";
@@ -264,30 +263,37 @@ pub(super) async fn loss_ratios(
         .bind(start.unwrap_or_default().to_owned())
         .fetch_all(pool)
         .await?;
-    rows.iter().map(loss_ratio_row).collect()
+    rows.iter().map(|r| loss_ratio_row(r)).collect()
 }
 
 /// The running figures of the given product periods, in one query.
 pub(super) async fn loss_ratios_of(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
+    backend: Backend,
     keys: &[&PeriodKey],
 ) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
+    let mut params = Params::new(backend);
     let clauses: Vec<String> = (0..keys.len())
-        .map(|i| format!("(product_code = ${} AND period_start = ${})", 2 * i + 1, 2 * i + 2))
+        .map(|_| {
+            format!(
+                "(product_code = {} AND period_start = {})",
+                params.next(),
+                params.next()
+            )
+        })
         .collect();
     let sql = format!(
         "SELECT {TOTALS_COLUMNS} FROM product_totals WHERE {}",
         clauses.join(" OR ")
     );
-    let mut query = sqlx::query(&sql);
-    for key in keys {
-        query = query.bind(key.product.as_str()).bind(format_date(key.start));
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    rows.iter().map(loss_ratio_row).collect()
+    let values = keys
+        .iter()
+        .flat_map(|key| [Val::Str(key.product.as_str()), Val::Text(format_date(key.start))])
+        .collect();
+    db.rows(&sql, values, loss_ratio_row).await
 }
 
 pub(super) async fn terms_rows(pool: &AnyPool, code: Option<&str>) -> Result<Vec<TermsRow>> {

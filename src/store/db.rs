@@ -1,0 +1,249 @@
+//! The two ways the store talks to a database, behind one small interface, so that every statement
+//! is written once:
+//!
+//! - sqlx's `Any` connection: the pool (every read of the API, both backends) and PostgreSQL's
+//!   writers.
+//! - [`Lite`], a rusqlite connection for SQLite's single writer. The ledger runs that writer on its
+//!   own thread, so a whole batch costs one hand-off. sqlx's SQLite driver hands every statement (and
+//!   every row) to a worker thread and back, which made thread wake-ups the largest cost of a
+//!   settlement (docs/benchmarks.md). Statements are prepared once and kept.
+//!
+//! Statements bind [`Val`]s and results are read through [`Cols`], the same for either driver.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Executor, Row};
+
+use super::{Result, StoreError};
+
+/// A value bound to a statement parameter.
+#[derive(Debug, Clone)]
+pub(crate) enum Val<'a> {
+    Int(i64),
+    Str(&'a str),
+    Text(String),
+    Null,
+}
+
+impl<'a> From<&'a str> for Val<'a> {
+    fn from(s: &'a str) -> Self {
+        Val::Str(s)
+    }
+}
+
+impl From<String> for Val<'_> {
+    fn from(s: String) -> Self {
+        Val::Text(s)
+    }
+}
+
+impl From<i64> for Val<'_> {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+
+impl From<Option<String>> for Val<'_> {
+    fn from(v: Option<String>) -> Self {
+        v.map_or(Val::Null, Val::Text)
+    }
+}
+
+impl rusqlite::ToSql for Val<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Val::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Val::Str(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Val::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+        })
+    }
+}
+
+/// A result row, read by column name.
+pub(crate) trait Cols {
+    fn text(&self, column: &str) -> Result<String>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    fn int(&self, column: &str) -> Result<i64>;
+}
+
+impl Cols for sqlx::any::AnyRow {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+impl Cols for rusqlite::Row<'_> {
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.get(column)?)
+    }
+}
+
+/// Runs statements with bound values; implemented by both drivers.
+pub(crate) trait Db {
+    /// Executes a statement that returns no rows; the number of rows it changed.
+    async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64>;
+
+    /// Runs a query and maps every row.
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        values: Vec<Val<'_>>,
+        map: impl FnMut(&dyn Cols) -> Result<T>,
+    ) -> Result<Vec<T>>;
+
+    /// Rows (or keys) per multi-row statement: many for a driver that pays per round trip, one for
+    /// an in-process SQLite whose prepared single-row statements are cheaper than preparing a new
+    /// text for every batch size.
+    fn rows_per_statement(&self) -> usize;
+}
+
+fn any_query<'q>(sql: &'q str, values: Vec<Val<'q>>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for v in values {
+        query = match v {
+            Val::Int(i) => query.bind(i),
+            Val::Str(s) => query.bind(s),
+            Val::Text(s) => query.bind(s),
+            Val::Null => query.bind(Option::<String>::None),
+        };
+    }
+    query
+}
+
+impl Db for AnyConnection {
+    async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
+        let done = if values.is_empty() {
+            self.execute(sql).await?
+        } else {
+            any_query(sql, values).execute(&mut *self).await?
+        };
+        Ok(done.rows_affected())
+    }
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        values: Vec<Val<'_>>,
+        mut map: impl FnMut(&dyn Cols) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let rows = any_query(sql, values).fetch_all(&mut *self).await?;
+        rows.iter().map(|r| map(r)).collect()
+    }
+
+    fn rows_per_statement(&self) -> usize {
+        super::ROWS_PER_STATEMENT_MAX
+    }
+}
+
+/// SQLite's writer connection (rusqlite): used only from the writer's own thread, where blocking
+/// is what it is for.
+pub(crate) struct Lite {
+    conn: rusqlite::Connection,
+}
+
+/// Prepared statements a writer keeps: every statement it runs, with room to spare.
+const STATEMENT_CACHE: usize = 128;
+
+impl Lite {
+    /// Opens the database file with the settings of every connection of the store: WAL, commits
+    /// durable before they return (`synchronous = FULL`), waits of up to 10 s for another process's
+    /// write lock, foreign keys checked.
+    pub(crate) fn open(path: &Path) -> Result<Lite> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Lite { conn })
+    }
+}
+
+impl Db for Lite {
+    async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let changed = statement.execute(rusqlite::params_from_iter(values.iter()))?;
+        Ok(changed as u64)
+    }
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        values: Vec<Val<'_>>,
+        mut map: impl FnMut(&dyn Cols) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(values.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+        Ok(out)
+    }
+
+    fn rows_per_statement(&self) -> usize {
+        1
+    }
+}
+
+/// A writer's connection.
+pub(crate) enum Conn {
+    Any(AnyConnection),
+    Lite(Lite),
+}
+
+impl Db for Conn {
+    async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
+        match self {
+            Conn::Any(c) => c.run(sql, values).await,
+            Conn::Lite(c) => c.run(sql, values).await,
+        }
+    }
+
+    async fn rows<T>(
+        &mut self,
+        sql: &str,
+        values: Vec<Val<'_>>,
+        map: impl FnMut(&dyn Cols) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        match self {
+            Conn::Any(c) => c.rows(sql, values, map).await,
+            Conn::Lite(c) => c.rows(sql, values, map).await,
+        }
+    }
+
+    fn rows_per_statement(&self) -> usize {
+        match self {
+            Conn::Any(c) => c.rows_per_statement(),
+            Conn::Lite(c) => c.rows_per_statement(),
+        }
+    }
+}
+
+/// The file behind a `sqlite:` URL, as sqlx reads it, so the writer opens the file the pool has.
+pub(crate) fn sqlite_path(url: &str) -> Result<PathBuf> {
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = options.get_filename().to_path_buf();
+    // An in-memory database is private to each connection: the writer would not share the pool's.
+    if path.as_os_str().is_empty()
+        || path.to_string_lossy().starts_with("file:sqlx-in-memory")
+        || url.contains("mode=memory")
+    {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    }
+    Ok(path)
+}
