@@ -159,6 +159,9 @@ pub(crate) struct Lite {
 /// Prepared statements a writer keeps: every statement it runs, with room to spare.
 const STATEMENT_CACHE: usize = 128;
 
+/// The writer's SQLite page cache, in KiB.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
 impl Lite {
     /// Opens the database file with the settings of every connection of the store: WAL, commits
     /// durable before they return (`synchronous = FULL`), waits of up to 10 s for another process's
@@ -167,6 +170,9 @@ impl Lite {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // The writer reads index pages of every table at random (claim keys, members, accumulators):
+        // 64 MiB of page cache instead of SQLite's default 2 MiB keeps them in the process.
+        conn.execute_batch(&format!("PRAGMA cache_size = -{};", WRITER_CACHE_KIB))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Lite { conn })
     }
