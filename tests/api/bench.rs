@@ -4,21 +4,27 @@
 // Test helpers may panic: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fs::File;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use claims::proto::bench_service_client::BenchServiceClient;
-use claims::proto::{EchoRequest, ProcessStats, ProcessStatsRequest};
+use claims::proto::{EchoRequest, ListSettlementsRequest, ProcessStats, ProcessStatsRequest};
+use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::*;
-use crate::support::{assert_refused_with_field, reflected_services, STREAM_WAIT};
+use crate::support::{assert_refused_with_field, loss_ratio, reflected_services, CIXI_START, MA, STREAM_WAIT};
 
 const BENCH_SERVICE: &str = "claims.v1.BenchService";
 
 /// The largest `reply_bytes` the service grants: `BenchApi::new(max_message_bytes * 4)` in
 /// src/startup.rs, with the default `max_message_bytes` of 1 MiB.
 const DEFAULT_REPLY_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+/// How long a small `claimsctl bench` run may take before the test gives up on it.
+const CLAIMSCTL_WAIT: Duration = Duration::from_secs(120);
 
 async fn spawn_bench_app() -> TestApp {
     spawn_app_with(|s| s.bench = true).await
@@ -343,5 +349,131 @@ async fn process_stats_reset_the_peak_rss_when_asked() {
         second.peak_rss_bytes + (BALLAST as u64) / 2 <= first.peak_rss_bytes,
         "the peak since the reset leaves out the ballast: {first:?} then {second:?}"
     );
+    app.stop().await;
+}
+
+/// Runs `claimsctl --server <app> <args>` to its end (killed after [`CLAIMSCTL_WAIT`]) without blocking
+/// the runtime the server runs on; stdout and stderr go to files, so a full pipe never stalls it.
+/// Its stdout, after checking that it succeeded.
+async fn claimsctl(app: &TestApp, args: &[&str]) -> String {
+    let out_path = app.dir.path().join("claimsctl.out");
+    let err_path = app.dir.path().join("claimsctl.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_claimsctl"))
+        .arg("--server")
+        .arg(app.url())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("claimsctl stdout file"))
+        .stderr(File::create(&err_path).expect("claimsctl stderr file"))
+        .spawn()
+        .expect("claimsctl starts");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("claimsctl's status") {
+            break status;
+        }
+        if started.elapsed() > CLAIMSCTL_WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "claimsctl {args:?} did not end in {CLAIMSCTL_WAIT:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stdout = std::fs::read_to_string(&out_path).expect("claimsctl's stdout");
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "claimsctl {args:?} failed ({status}); stderr:\n{stderr}\nstdout:\n{stdout}"
+    );
+    stdout
+}
+
+/// `claimsctl bench --modes loss-ratio`: for each --concurrency value, K callers of GetLossRatio make
+/// --claims calls in all, measured like the other unary modes (rate, latency percentiles, the server's
+/// CPU and peak RSS through BenchService), with no echo baseline; and no claim is settled.
+#[tokio::test]
+async fn claimsctl_bench_loss_ratio_mode_measures_get_loss_ratio_calls() {
+    let app = spawn_bench_app().await;
+    let stdout = claimsctl(
+        &app,
+        &[
+            "bench",
+            "--members",
+            "50",
+            "--claims",
+            "200",
+            "--concurrency",
+            "1,4",
+            "--modes",
+            "loss-ratio",
+            "--run-id",
+            "lr",
+            "--json",
+            "--quiet",
+        ],
+    )
+    .await;
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON ({e}):\n{stdout}"));
+    assert_eq!(report["roster"]["rows"], 250, "50 members, five rows each: {report:#}");
+    assert_eq!(report["loss_ratio_period"], "cixi-medical-assistance 2022-01-01");
+    let modes = report["modes"].as_array().expect("a list of modes");
+    let runs: Vec<(&str, u64)> = modes
+        .iter()
+        .map(|m| {
+            (
+                m["mode"].as_str().unwrap_or("?"),
+                m["concurrency"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [("loss-ratio", 1), ("loss-ratio", 4)],
+        "only the loss-ratio mode runs: {report:#}"
+    );
+    for m in modes {
+        assert_eq!(m["claims_sent"], 200, "200 calls sent: {m:#}");
+        assert_eq!(m["replies"], 200, "every call answered: {m:#}");
+        assert_eq!(
+            m["settled"], 200,
+            "every call answered with figures, none refused: {m:#}"
+        );
+        assert_eq!(m["refused"], serde_json::json!({}), "{m:#}");
+        assert_eq!(m["failures"], serde_json::json!([]), "{m:#}");
+        assert!(
+            m["claims_per_s"].as_f64().is_some_and(|r| r > 0.0),
+            "calls/s > 0: {m:#}"
+        );
+        for q in ["p50", "p90", "p99", "p99_9"] {
+            assert!(
+                m["latency_ms"][q].as_f64().is_some_and(|v| v > 0.0),
+                "latency {q} > 0: {m:#}"
+            );
+        }
+        assert!(m["server_cpu_s"].as_f64().is_some_and(|v| v >= 0.0), "{m:#}");
+        assert!(m["server_peak_rss_bytes"].as_u64().is_some_and(|v| v > 0), "{m:#}");
+        assert!(
+            m["reply_bytes_mean"].as_f64().is_some_and(|v| v > 0.0),
+            "the period's figures: {m:#}"
+        );
+        assert_eq!(m["echo_baseline"], Value::Null, "no echo baseline: {m:#}");
+        assert_eq!(m["ratio_to_echo"], Value::Null, "{m:#}");
+    }
+
+    // Reads only: the roster is there, no claim was settled.
+    let figures = loss_ratio(&app, MA, CIXI_START).await;
+    assert_eq!(figures.enrolled_members, 50, "{figures:?}");
+    assert_eq!(figures.paid_claims, 0, "{figures:?}");
+    let listed = app
+        .reports()
+        .await
+        .list_settlements(ListSettlementsRequest::default())
+        .await
+        .expect("ListSettlements")
+        .into_inner();
+    assert_eq!(listed.totals.map(|t| t.count), Some(0), "no settlement was written");
     app.stop().await;
 }

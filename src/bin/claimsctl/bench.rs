@@ -2,7 +2,8 @@
 //! Cixi 2022 layers and the Zhongning 2020 anti-poverty product), generates a realistic claim mix from a
 //! seed, and runs the Settle stream, `SettleOne`, `Preview` and, on a server started with `--bench`,
 //! echo baselines of the same messages through `BenchService`, with the server's CPU time and peak
-//! memory around every mode.
+//! memory around every mode. On request (`--modes loss-ratio`, not in the default) it also measures
+//! `ReportService.GetLossRatio` reads of one product period.
 //!
 //! The stream modes use [`crate::load::pipeline`], the closed loop of `claimsctl load`.
 
@@ -15,13 +16,14 @@ use claims::api::bench::{process_figures, CLOCK_TICKS_PER_SECOND};
 use claims::domain::ClaimId;
 use claims::proto::bench_service_client::BenchServiceClient;
 use claims::proto::member_service_client::MemberServiceClient;
+use claims::proto::report_service_client::ReportServiceClient;
 use claims::proto::settlement_reply::Result as ReplyResult;
 use claims::proto::settlement_service_client::SettlementServiceClient;
 use claims::proto::terms_service_client::TermsServiceClient;
 use claims::proto::{
     Category, Cause, ClaimRequest, EchoReply, EchoRequest, EnrollmentRow, ExpenseClass, LineItem, ListProductsRequest,
-    OutpatientKind, ProcessStats, ProcessStatsRequest, Reason, SettleResponse, Settlement, SettlementReply,
-    StoredSettlement, UpstreamKind, UpstreamPayment, VisitKind,
+    LossRatioRequest, LossRatioResponse, OutpatientKind, ProcessStats, ProcessStatsRequest, Reason, SettleResponse,
+    Settlement, SettlementReply, StoredSettlement, UpstreamKind, UpstreamPayment, VisitKind,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
@@ -44,6 +46,9 @@ pub const CIXI: [(&str, &str); 4] = [
     ("cixi-tianyi-yongning-bao", "2022-01-01"),
     ("cixi-burden-stop-loss", "2022-01-01"),
 ];
+/// The product period the loss-ratio mode reads: the layer most bench claims are settled against (four
+/// medical claims in five fall in 2022), so that its figures move while the settling modes run.
+pub const LOSS_RATIO_PERIOD: (&str, &str) = CIXI[0];
 /// First days of the two periods; both are 365 days long.
 const CIXI_START: Date = date!(2022 - 01 - 01);
 const ZHONGNING_START: Date = date!(2020 - 04 - 26);
@@ -71,12 +76,14 @@ pub struct BenchOptions {
     /// Connections per mode run; `None`: one per stream or concurrent caller.
     pub connections: Option<u32>,
     pub window: u32,
-    /// One unary (and preview) mode run per value.
+    /// One unary (and preview, and loss-ratio) mode run per value.
     pub concurrency: Vec<u32>,
     pub stream: bool,
     pub unary: bool,
     pub preview: bool,
     pub echo: bool,
+    /// GetLossRatio calls (no claims; no echo baseline).
+    pub loss_ratio: bool,
     pub seed: u64,
     pub skip_roster: bool,
     pub run_id: String,
@@ -539,7 +546,7 @@ struct ServerFigures {
 /// One mode run, measured.
 #[derive(Debug)]
 struct ModeResult {
-    /// `stream`, `unary`, `preview`, `echo-stream` or `echo-unary`.
+    /// `stream`, `unary`, `preview`, `echo-stream`, `echo-unary` or `loss-ratio`.
     mode: &'static str,
     shape: Shape,
     /// The index in the results of the echo this mode is compared with.
@@ -906,13 +913,53 @@ enum Unary {
     SettleOne,
     Preview,
     Echo,
+    /// `ReportService.GetLossRatio` of one product period ([`LOSS_RATIO_PERIOD`]): a read of the
+    /// running figures, no claims. Its figures count calls where the others count claims (the claims/s
+    /// column is calls/s, CPU us/claim is per call, and `settled` in the JSON is the calls answered);
+    /// it has no echo baseline.
+    LossRatio,
 }
 
-/// Unary mode: the claims dealt to `K` concurrent callers, each calling one claim after the other.
+/// What the callers of a unary mode send, dealt among them in turn.
+enum Calls {
+    /// One call per claim of the set (SettleOne, Preview, Echo).
+    Claims(ClaimSet),
+    /// This many calls of the same request (LossRatio): no claims are generated.
+    LossRatio(LossRatioRequest, u64),
+}
+
+impl Calls {
+    fn len(&self) -> u64 {
+        match self {
+            Calls::Claims(set) => set.claims.len() as u64,
+            Calls::LossRatio(_, n) => *n,
+        }
+    }
+
+    fn request_bytes_mean(&self) -> f64 {
+        match self {
+            Calls::Claims(set) => set.request_bytes_mean,
+            Calls::LossRatio(request, _) => f64::from(encoded(request)),
+        }
+    }
+}
+
+/// The GetLossRatio request of the loss-ratio mode: one product period the roster enrolls every member in.
+fn loss_ratio_request() -> LossRatioRequest {
+    LossRatioRequest {
+        product_code: LOSS_RATIO_PERIOD.0.to_owned(),
+        period_start: LOSS_RATIO_PERIOD.1.to_owned(),
+        alert_above: String::new(),
+    }
+}
+
+/// Unary mode: the calls dealt to `K` concurrent callers, each making one call after the other (one
+/// claim per call, except for [`Unary::LossRatio`]). The callers of `rpc` take their requests from
+/// `calls` of the matching kind; with the other kind they have nothing to send.
 async fn unary_mode(
     server: &Server,
     probe: &mut Probe,
-    set: ClaimSet,
+    calls: Calls,
     shape: Shape,
     rpc: Unary,
     echo_sizes: (&[Vec<u32>], u32),
@@ -922,9 +969,17 @@ async fn unary_mode(
         Unary::SettleOne => "unary",
         Unary::Preview => "preview",
         Unary::Echo => "echo-unary",
+        Unary::LossRatio => "loss-ratio",
     };
-    let bar = mode_bar(set.claims.len() as u64, &format!("{mode} {}", shape.label()), quiet);
-    let parts = deal(set.claims, shape.parts());
+    let bar = mode_bar(calls.len(), &format!("{mode} {}", shape.label()), quiet);
+    let request_bytes_mean = calls.request_bytes_mean();
+    let (parts, ratio_parts) = match calls {
+        Calls::Claims(set) => (deal(set.claims, shape.parts()), Vec::new()),
+        Calls::LossRatio(request, n) => {
+            let requests = (0..n).map(|_| request.clone()).collect();
+            (deal(Vec::new(), shape.parts()), deal(requests, shape.parts()))
+        }
+    };
     let (sizes, fallback) = echo_sizes;
     let echo_parts: Vec<Vec<EchoRequest>> = if rpc == Unary::Echo {
         parts
@@ -941,10 +996,11 @@ async fn unary_mode(
         probe,
         mode,
         shape,
-        set.request_bytes_mean,
+        request_bytes_mean,
         move |channels| async move {
             let mut tasks = Vec::with_capacity(parts.len());
             let mut echo_parts = echo_parts.into_iter();
+            let mut ratio_parts = ratio_parts.into_iter();
             for (i, claims) in parts.into_iter().enumerate() {
                 let channel = channels[i % channels.len()].clone();
                 let bar = progress.clone();
@@ -998,6 +1054,24 @@ async fn unary_mode(
                             },
                             bar,
                             "Echo",
+                        ))
+                    }
+                    Unary::LossRatio => {
+                        drop(claims);
+                        let requests = ratio_parts.next().unwrap_or_default();
+                        let client = ReportServiceClient::new(channel);
+                        tokio::spawn(unary_caller(
+                            requests,
+                            move |r| {
+                                let mut client = client.clone();
+                                async move { client.get_loss_ratio(r).await }
+                            },
+                            |r: LossRatioResponse, part| {
+                                part.reply_sizes.push(encoded(&r));
+                                part.counts.ok += 1;
+                            },
+                            bar,
+                            "GetLossRatio",
                         ))
                     }
                 };
@@ -1090,6 +1164,25 @@ async fn check_products(channel: Channel) -> Result<()> {
             missing.join(", ")
         )))
     }
+}
+
+/// Checks that the loss-ratio mode's request is answered, and warns when it is answered without figures
+/// (nobody enrolled in the period yet: the calls then measure an empty read).
+async fn check_loss_ratio_period(channel: Channel) -> Result<()> {
+    let ratios = ReportServiceClient::new(channel)
+        .get_loss_ratio(loss_ratio_request())
+        .await
+        .map_err(|s| rpc_error("GetLossRatio (the loss-ratio mode's request)", &s))?
+        .into_inner()
+        .ratios;
+    if ratios.is_empty() {
+        eprintln!(
+            "claimsctl: warning: the server has no loss-ratio figures for {} {} (no roster loaded?); the \
+             loss-ratio mode measures an empty read",
+            LOSS_RATIO_PERIOD.0, LOSS_RATIO_PERIOD.1
+        );
+    }
+    Ok(())
 }
 
 /// How long the roster took.
@@ -1220,6 +1313,9 @@ pub async fn run(server: &Server, options: BenchOptions) -> Result<ExitCode> {
     } else {
         Some(load_roster(control.clone(), options.members, options.quiet).await?)
     };
+    if options.loss_ratio {
+        check_loss_ratio_period(control.clone()).await?;
+    }
 
     // Echo baselines for the shapes that run; both when echo runs alone.
     let alone = !(options.stream || options.unary || options.preview);
@@ -1271,22 +1367,23 @@ pub async fn run(server: &Server, options: BenchOptions) -> Result<ExitCode> {
                 }
             }
         }
-        if options.unary || options.preview || echo_unary {
+        if options.unary || options.preview || echo_unary || options.loss_ratio {
             for k in dedup(&options.concurrency) {
                 let k = k.clamp(1, u32::try_from(options.claims).unwrap_or(u32::MAX).max(1));
                 let shape = Shape::Unary {
                     concurrency: k,
                     connections: options.connections.unwrap_or(k).clamp(1, k),
                 };
-                let set = ClaimSet::new(&mix, &format!("u{k}"), options.claims);
-                let echo_set = echo_unary.then(|| set.clone());
+                // Only the modes that send these claims generate them.
+                let set = (options.unary || echo_unary).then(|| ClaimSet::new(&mix, &format!("u{k}"), options.claims));
+                let echo_set = if echo_unary { set.clone() } else { None };
                 let mut compared = Vec::new();
                 let mut real = None;
-                if options.unary {
+                if let Some(set) = set.filter(|_| options.unary) {
                     let result = unary_mode(
                         server,
                         &mut probe,
-                        set,
+                        Calls::Claims(set),
                         shape,
                         Unary::SettleOne,
                         (&[], 0),
@@ -1304,7 +1401,7 @@ pub async fn run(server: &Server, options: BenchOptions) -> Result<ExitCode> {
                     let result = unary_mode(
                         server,
                         &mut probe,
-                        echo_set,
+                        Calls::Claims(echo_set),
                         shape,
                         Unary::Echo,
                         (&sizes, fallback),
@@ -1317,7 +1414,16 @@ pub async fn run(server: &Server, options: BenchOptions) -> Result<ExitCode> {
                 }
                 if options.preview {
                     let set = ClaimSet::new(&mix, &format!("p{k}"), options.claims);
-                    let result = unary_mode(server, &mut probe, set, shape, Unary::Preview, (&[], 0), options.quiet);
+                    let calls = Calls::Claims(set);
+                    let result = unary_mode(
+                        server,
+                        &mut probe,
+                        calls,
+                        shape,
+                        Unary::Preview,
+                        (&[], 0),
+                        options.quiet,
+                    );
                     results.push(result.await?);
                     compared.push(results.len() - 1);
                     if failed(&results) {
@@ -1328,6 +1434,22 @@ pub async fn run(server: &Server, options: BenchOptions) -> Result<ExitCode> {
                     let echo = results.iter().rposition(|r| r.mode == "echo-unary");
                     for i in compared {
                         results[i].baseline = echo;
+                    }
+                }
+                if options.loss_ratio {
+                    let calls = Calls::LossRatio(loss_ratio_request(), options.claims);
+                    let result = unary_mode(
+                        server,
+                        &mut probe,
+                        calls,
+                        shape,
+                        Unary::LossRatio,
+                        (&[], 0),
+                        options.quiet,
+                    );
+                    results.push(result.await?);
+                    if failed(&results) {
+                        break 'runs;
                     }
                 }
             }
@@ -1508,17 +1630,29 @@ fn print_report(server: &Server, options: &BenchOptions, roster: Option<&RosterF
 
     crate::outln!();
     for r in results.iter().filter(|r| !r.mode.starts_with("echo")) {
-        crate::outln!(
-            "{} {}: {} settled{}, {} paid, {} cut by a cap, {} replayed, {} refused",
-            r.mode,
-            r.shape.label(),
-            r.counts.ok,
-            if r.mode == "preview" { " (previewed)" } else { "" },
-            r.counts.paid,
-            r.counts.capped,
-            r.counts.replayed,
-            r.counts.refused_total()
-        );
+        if r.mode == "loss-ratio" {
+            crate::outln!(
+                "{} {}: {} GetLossRatio calls of {} {} answered, {} refused",
+                r.mode,
+                r.shape.label(),
+                r.counts.ok,
+                LOSS_RATIO_PERIOD.0,
+                LOSS_RATIO_PERIOD.1,
+                r.counts.refused_total()
+            );
+        } else {
+            crate::outln!(
+                "{} {}: {} settled{}, {} paid, {} cut by a cap, {} replayed, {} refused",
+                r.mode,
+                r.shape.label(),
+                r.counts.ok,
+                if r.mode == "preview" { " (previewed)" } else { "" },
+                r.counts.paid,
+                r.counts.capped,
+                r.counts.replayed,
+                r.counts.refused_total()
+            );
+        }
         for (code, (n, first)) in &r.counts.refused {
             crate::outln!("  {code}: {n} (first: {first})");
         }
@@ -1599,6 +1733,9 @@ fn json_report(
         "seed": options.seed,
         "claims_per_mode": options.claims,
         "window": options.window,
+        "loss_ratio_period": options
+            .loss_ratio
+            .then(|| format!("{} {}", LOSS_RATIO_PERIOD.0, LOSS_RATIO_PERIOD.1)),
         "roster": roster,
         "modes": modes,
     })
@@ -1714,6 +1851,7 @@ mod tests {
             unary: true,
             preview: true,
             echo: true,
+            loss_ratio: true,
             seed: 1,
             skip_roster: false,
             run_id: "x".repeat(50),

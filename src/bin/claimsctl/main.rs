@@ -172,10 +172,12 @@ enum Command {
     /// Modes, in this order: for each --streams value S, `stream` (S Settle streams over C connections,
     /// each pipelined with at most --window claims in flight) then `echo-stream` (the same claims through
     /// EchoStream in the same shape); for each --concurrency value K, `unary` (K concurrent callers of
-    /// SettleOne, each one claim at a time), `echo-unary` (the same claims through Echo), and `preview`
-    /// (K callers of Preview). The echo answers every claim with as many bytes as its real reply had
-    /// (measured in the real mode just before; estimated from Preview replies when that mode is not run).
-    /// Latency is from sending a claim to its reply.
+    /// SettleOne, each one claim at a time), `echo-unary` (the same claims through Echo), `preview`
+    /// (K callers of Preview) and, only when asked for, `loss-ratio` (K callers of GetLossRatio for
+    /// cixi-medical-assistance 2022-01-01, --claims calls in all; no claims are sent, no echo baseline,
+    /// and its claims and claims/s figures count calls). The echo answers every claim with as many bytes
+    /// as its real reply had (measured in the real mode just before; estimated from Preview replies when
+    /// that mode is not run). Latency is from sending a claim (or starting a call) to its reply.
     ///
     /// Prints one row per mode: claims, claims/s, latency p50/p90/p99/p99.9/max, server CPU seconds (and
     /// per claim) and peak RSS during the mode, the client's CPU seconds, the mean reply size and refusals;
@@ -357,6 +359,9 @@ enum BenchMode {
     Preview,
     /// Echo baselines (needs claimsd --bench) for the stream and unary shapes that run.
     Echo,
+    /// GetLossRatio calls of one product period (reads only; no claims, no echo baseline; not in the
+    /// default).
+    LossRatio,
 }
 
 // The arguments of `claimsctl bench` (its help is on `Command::Bench`).
@@ -365,7 +370,8 @@ struct BenchArgs {
     /// Members in the roster (BM000000 onwards), five enrollment rows each; claims go to these members.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     members: u32,
-    /// Claims sent in each mode run (each --streams and --concurrency value is a run of every mode).
+    /// Claims sent in each mode run (each --streams and --concurrency value is a run of every mode); for
+    /// loss-ratio, the GetLossRatio calls of each run.
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     claims: u64,
     /// Settle streams of the stream modes: one run per value, e.g. 1,4.
@@ -378,10 +384,11 @@ struct BenchArgs {
     /// Most claims in flight (sent, not yet answered) per stream.
     #[arg(long, value_name = "W", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     window: u32,
-    /// Concurrent callers of the unary and preview modes: one run per value, e.g. 1,64.
+    /// Concurrent callers of the unary, preview and loss-ratio modes: one run per value, e.g. 1,64.
     #[arg(long, value_name = "K,...", value_delimiter = ',', default_values_t = [1u32, 64], value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: Vec<u32>,
-    /// Which modes run (comma-separated).
+    /// Which modes run (comma-separated): stream, unary, preview, echo, loss-ratio. The default is every
+    /// mode but loss-ratio.
     #[arg(long, value_name = "MODES", value_delimiter = ',', default_values_t = [BenchMode::Stream, BenchMode::Unary, BenchMode::Preview, BenchMode::Echo])]
     modes: Vec<BenchMode>,
     /// Seed of the claim mix: the same seed gives the same claims (apart from the run id in claim ids).
@@ -537,6 +544,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 unary: args.modes.contains(&BenchMode::Unary),
                 preview: args.modes.contains(&BenchMode::Preview),
                 echo: args.modes.contains(&BenchMode::Echo),
+                loss_ratio: args.modes.contains(&BenchMode::LossRatio),
                 seed: args.seed,
                 skip_roster: args.skip_roster,
                 run_id: args
