@@ -29,7 +29,7 @@ use crate::domain::{
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
 use crate::store::{
-    corrupt, now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
+    now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
 };
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
@@ -86,7 +86,9 @@ pub struct LossRatioEvent {
 }
 
 enum Request {
-    Settle(Claim),
+    /// A claim with its canonical form (the JSON of its draft), computed by the caller's task so
+    /// that the writer, which every claim waits for, does not.
+    Settle(Claim, String),
     Reverse(HospitalId, ClaimId),
     ApplyTerms(Box<Terms>, String),
     Enroll(Vec<EnrollRow>),
@@ -234,7 +236,7 @@ impl Ledger {
         }
         let hasher = BuildHasherDefault::<DefaultHasher>::default();
         let hash = match request {
-            Request::Settle(claim) => hasher.hash_one(claim.member_id.as_str()),
+            Request::Settle(claim, _) => hasher.hash_one(claim.member_id.as_str()),
             Request::SetCategory(member, ..) => hasher.hash_one(member.as_str()),
             Request::Reverse(hospital, claim) => hasher.hash_one((hospital.as_str(), claim.as_str())),
             Request::ApplyTerms(..) | Request::Enroll(..) => 0,
@@ -254,7 +256,8 @@ impl Ledger {
 
     /// Queues a claim; the claims a caller queues one after another settle in that order.
     pub async fn enqueue_settle(&self, claim: Claim) -> Result<Pending, LedgerError> {
-        self.enqueue(Request::Settle(claim)).await
+        let canonical = serde_json::to_string(&claim.to_draft()).map_err(|e| LedgerError::Internal(e.to_string()))?;
+        self.enqueue(Request::Settle(claim, canonical)).await
     }
 
     pub async fn settle(&self, claim: Claim) -> Result<Settled, LedgerError> {
@@ -484,24 +487,31 @@ impl WriterTask {
         }
         // Consecutive claims are settled together as one run; any other command ends the run, so
         // every command still sees exactly the effects of those before it.
-        let mut run: Vec<(Claim, Reply)> = Vec::new();
+        let mut run: Vec<(Claim, String, Reply)> = Vec::new();
         let mut commands = batch.into_iter().peekable();
         while let Some(Command { request, reply }) = commands.next() {
             let request = match request {
-                Request::Settle(claim) => {
-                    run.push((claim, reply));
+                Request::Settle(claim, canonical) => {
+                    run.push((claim, canonical, reply));
                     if matches!(
                         commands.peek(),
                         Some(Command {
-                            request: Request::Settle(_),
+                            request: Request::Settle(..),
                             ..
                         })
                     ) {
                         continue;
                     }
-                    let (claims, replies): (Vec<Claim>, Vec<Reply>) = std::mem::take(&mut run).into_iter().unzip();
+                    let mut claims = Vec::with_capacity(run.len());
+                    let mut canonical = Vec::with_capacity(run.len());
+                    let mut replies = Vec::with_capacity(run.len());
+                    for (claim, json, reply) in std::mem::take(&mut run) {
+                        claims.push(claim);
+                        canonical.push(json);
+                        replies.push(reply);
+                    }
                     let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
-                    let results = settle_run(&mut self.writer, &claims, catalogue, touched).await?;
+                    let results = settle_run(&mut self.writer, &claims, &canonical, catalogue, touched).await?;
                     for (reply, result) in replies.into_iter().zip(results) {
                         answers.push((reply, result.map(Response::Settled)));
                     }
@@ -510,7 +520,7 @@ impl WriterTask {
                 other => other,
             };
             let answer = match request {
-                Request::Settle(_) => Err(LedgerError::Internal("a claim outside its run".into())),
+                Request::Settle(..) => Err(LedgerError::Internal("a claim outside its run".into())),
                 Request::Reverse(hospital, claim) => {
                     let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
                     reverse(&mut self.writer, catalogue, &hospital, &claim, touched)
@@ -554,14 +564,10 @@ impl WriterTask {
 async fn settle_run(
     w: &mut Writer,
     claims: &[Claim],
+    canonical: &[String],
     catalogue: &Catalogue,
     touched: &mut BTreeSet<PeriodKey>,
 ) -> Result<Vec<Result<Settled, LedgerError>>, StoreError> {
-    let canonical = claims
-        .iter()
-        .map(|c| serde_json::to_string(&c.to_draft()))
-        .collect::<Result<Vec<String>, _>>()
-        .map_err(|e| corrupt("settlements", e.to_string()))?;
     let keys: Vec<(&str, &str)> = claims
         .iter()
         .map(|c| (c.hospital_id.as_str(), c.claim_id.as_str()))
@@ -836,7 +842,7 @@ async fn lock_plan(w: &mut Writer, batch: &[Command]) -> Result<LockPlan, StoreE
     };
     for command in batch {
         match &command.request {
-            Request::Settle(claim) => {
+            Request::Settle(claim, _) => {
                 plan.first.insert(LockKey::member(&claim.member_id));
                 plan.first
                     .insert(LockKey::claim(claim.hospital_id.as_str(), claim.claim_id.as_str()));

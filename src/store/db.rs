@@ -106,9 +106,7 @@ pub(crate) trait Db {
         map: impl FnMut(&dyn Cols) -> Result<T>,
     ) -> Result<Vec<T>>;
 
-    /// Rows (or keys) per multi-row statement: many for a driver that pays per round trip, one for
-    /// an in-process SQLite whose prepared single-row statements are cheaper than preparing a new
-    /// text for every batch size.
+    /// Rows (or keys) per multi-row statement at most.
     fn rows_per_statement(&self) -> usize;
 }
 
@@ -159,6 +157,11 @@ pub(crate) struct Lite {
 /// Prepared statements a writer keeps: every statement it runs, with room to spare.
 const STATEMENT_CACHE: usize = 128;
 
+/// Rows per statement of the SQLite writer: beyond a few dozen, a longer statement saves nothing
+/// more per row, and with power-of-two tails (`statement_chunks`) every statement has at most six
+/// texts, all of which stay prepared.
+const LITE_ROWS_PER_STATEMENT: usize = 32;
+
 /// The writer's SQLite page cache, in KiB.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
@@ -201,7 +204,7 @@ impl Db for Lite {
     }
 
     fn rows_per_statement(&self) -> usize {
-        1
+        LITE_ROWS_PER_STATEMENT
     }
 }
 

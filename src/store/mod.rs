@@ -109,6 +109,27 @@ pub fn now_text() -> String {
 /// binding n named parameters cost n² and large statements slower than many small ones.
 const ROWS_PER_STATEMENT_MAX: usize = 128;
 
+/// Splits `items` into the chunks of one statement each: full chunks of `max`, then the rest in
+/// chunks of falling powers of two. A driver that keeps prepared statements by their text then sees
+/// at most log2(`max`) + 1 texts of each statement, whatever the batch sizes.
+fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let max = max.max(1);
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 /// Numbers the parameters of a statement the way its backend wants them: `$1, $2, ...` for
 /// PostgreSQL, anonymous `?` (bound in order) for SQLite. Each call is one more bound value.
 struct Params {
@@ -492,7 +513,7 @@ impl Writer {
     /// number and canonical claim; one query per chunk of keys.
     pub async fn claims_by_keys(&mut self, keys: &[(&str, &str)]) -> Result<HashMap<(String, String), (i64, String)>> {
         let mut found = HashMap::new();
-        for chunk in keys.chunks(self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(&keys, self.conn.rows_per_statement()) {
             let mut params = Params::new(self.backend);
             let clauses: Vec<String> = (0..chunk.len())
                 .map(|_| format!("(hospital_id = {} AND claim_id = {})", params.next(), params.next()))
@@ -533,7 +554,7 @@ impl Writer {
     /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
     pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
-        for chunk in rows.chunks(self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
                  total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
@@ -581,7 +602,7 @@ impl Writer {
             .zip(&ordered)
             .flat_map(|(r, seq)| r.settlement.layers.iter().enumerate().map(move |(i, l)| (*seq, i, l)))
             .collect();
-        for chunk in layers.chunks(self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(&layers, self.conn.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
                  terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) VALUES ",
@@ -641,7 +662,7 @@ impl Writer {
             }
         }
         let usage: Vec<_> = usage.into_iter().collect();
-        for chunk in usage.chunks(self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(&usage, self.conn.rows_per_statement()) {
             let sql = self.upsert_adding(
                 "accumulators",
                 &["member_id", "product_code", "period_start", "benefit_code"],
@@ -698,7 +719,7 @@ impl Writer {
     /// order (so two writers that share a shard lock its rows in the same order).
     pub async fn add_to_totals(&mut self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<()> {
         let rows: Vec<(&PeriodKey, &TotalsDelta)> = deltas.iter().collect();
-        for chunk in rows.chunks(self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
             let sql = self.upsert_adding(
                 "product_total_shards",
                 &["product_code", "period_start", "shard"],
@@ -819,7 +840,7 @@ impl Writer {
     /// The running figures of some product periods, read after a commit.
     pub async fn loss_ratios_of(&mut self, keys: &[&PeriodKey]) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
         let mut all = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(&keys, self.conn.rows_per_statement()) {
             all.extend(rows::loss_ratios_of(&mut self.conn, self.backend, chunk).await?);
         }
         Ok(all)
@@ -858,7 +879,7 @@ async fn load_members(
     found: &mut HashMap<MemberId, Member>,
 ) -> Result<()> {
     let agg = backend.string_agg();
-    for chunk in ids.chunks(db.rows_per_statement()) {
+    for chunk in statement_chunks(ids, db.rows_per_statement()) {
         let sql = format!(
             "SELECT m.member_id AS member_id, \
              COALESCE((SELECT {agg}(c.effective_date || '=' || c.category, ',') FROM member_categories c \
@@ -927,7 +948,7 @@ async fn load_accumulators(
     }
     // One row per member, as for `load_members`: `code@start@benefit=deductible/band/paid,...`.
     let agg = backend.string_agg();
-    for chunk in members.chunks(db.rows_per_statement()) {
+    for chunk in statement_chunks(members, db.rows_per_statement()) {
         let sql = format!(
             "SELECT member_id, {agg}(product_code || '@' || period_start || '@' || benefit_code || '=' || \
              CAST(deductible_used_fen AS TEXT) || '/' || CAST(band_position_fen AS TEXT) || '/' || \
@@ -950,7 +971,7 @@ async fn load_accumulators(
     }
     // Other members' payouts count towards aggregate caps: each period's stored total less the part
     // of the members loaded.
-    for chunk in keys.chunks(db.rows_per_statement()) {
+    for chunk in statement_chunks(keys, db.rows_per_statement()) {
         let mut params = Params::new(backend);
         let clauses: Vec<String> = (0..chunk.len())
             .map(|_| {
@@ -1030,4 +1051,29 @@ pub(crate) fn layer_from_row(row: &dyn Cols) -> Result<LayerResult> {
         payout: from_fen(row.int("payout_fen")?),
         reasons: parse_reasons(&row.text("reasons")?, t)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_chunks;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The chunks cover the items in order; each is `max` long or a power of two shorter than
+        /// `max`, and after the full ones they only shrink.
+        #[test]
+        fn statement_chunks_cover_in_order_with_few_sizes(n in 0usize..600, max in 1usize..200) {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&items, max).collect();
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            prop_assert_eq!(&joined, &items);
+            let mut previous = usize::MAX;
+            for c in &chunks {
+                prop_assert!(!c.is_empty());
+                prop_assert!(c.len() == max || (c.len() < max && c.len().is_power_of_two()));
+                prop_assert!(c.len() <= previous);
+                previous = c.len();
+            }
+        }
+    }
 }
