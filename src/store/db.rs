@@ -152,6 +152,8 @@ impl Db for AnyConnection {
 /// is what it is for.
 pub(crate) struct Lite {
     conn: rusqlite::Connection,
+    /// Dropped with the writer, which stops its checkpointer.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 /// Prepared statements a writer keeps: every statement it runs, with room to spare.
@@ -176,9 +178,64 @@ impl Lite {
         // The writer reads index pages of every table at random (claim keys, members, accumulators):
         // 64 MiB of page cache instead of SQLite's default 2 MiB keeps them in the process.
         conn.execute_batch(&format!("PRAGMA cache_size = -{};", WRITER_CACHE_KIB))?;
+        // Checkpoints copy the WAL back into the database file and sync it: by default the
+        // committing connection runs one every 1,000 pages, inside the commit a caller waits for.
+        // The writer leaves them to a thread of its own (`checkpointer`).
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(Lite { conn })
+        let checkpointer = checkpointer(path)?;
+        Ok(Lite {
+            conn,
+            _checkpointer: checkpointer,
+        })
     }
+}
+
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// WAL frames (pages) beyond which the checkpointer makes the writer wait for a checkpoint that
+/// lets the WAL start over (`RESTART`), so that the WAL stays bounded under continuous writes:
+/// 65,536 pages, 256 MiB.
+const WAL_FRAMES_MAX: i64 = 65_536;
+
+/// Starts the thread that checkpoints the writer's database on a connection of its own. A
+/// `PASSIVE` checkpoint runs beside the writer without blocking it; once the WAL has been copied
+/// entirely, the writer's next transaction starts the WAL over from its beginning. The thread
+/// stops, after a last checkpoint, when the returned sender is dropped. A failed checkpoint is
+/// only logged: the WAL keeps every commit durable, and the next checkpoint copies it.
+fn checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let checkpoint = move |mode: &str| -> rusqlite::Result<(i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })
+    };
+    std::thread::Builder::new()
+        .name("claims-checkpoint".into())
+        .spawn(move || loop {
+            let last = !matches!(
+                stopped.recv_timeout(CHECKPOINT_EVERY),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            match checkpoint("PASSIVE") {
+                Ok((frames, _)) if frames > WAL_FRAMES_MAX => {
+                    if let Err(e) = checkpoint("RESTART") {
+                        tracing::warn!(error = %e, "WAL checkpoint (RESTART) failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            }
+            if last {
+                break;
+            }
+        })
+        .map_err(StoreError::Thread)?;
+    Ok(stop)
 }
 
 impl Db for Lite {

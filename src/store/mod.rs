@@ -40,6 +40,8 @@ pub enum StoreError {
     /// A stored row that does not parse back: the database was changed behind the service's back.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    #[error("could not start a thread: {0}")]
+    Thread(std::io::Error),
     #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
 }

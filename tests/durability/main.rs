@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod checkpoint;
 mod concurrency;
 mod crash;
 mod drain;
