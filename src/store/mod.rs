@@ -515,7 +515,7 @@ impl Writer {
     /// number and canonical claim; one query per chunk of keys.
     pub async fn claims_by_keys(&mut self, keys: &[(&str, &str)]) -> Result<HashMap<(String, String), (i64, String)>> {
         let mut found = HashMap::new();
-        for chunk in statement_chunks(&keys, self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(keys, self.conn.rows_per_statement()) {
             let mut params = Params::new(self.backend);
             let clauses: Vec<String> = (0..chunk.len())
                 .map(|_| format!("(hospital_id = {} AND claim_id = {})", params.next(), params.next()))
@@ -556,7 +556,7 @@ impl Writer {
     /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
     pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
-        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(rows, self.conn.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
                  total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
@@ -842,7 +842,7 @@ impl Writer {
     /// The running figures of some product periods, read after a commit.
     pub async fn loss_ratios_of(&mut self, keys: &[&PeriodKey]) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
         let mut all = Vec::with_capacity(keys.len());
-        for chunk in statement_chunks(&keys, self.conn.rows_per_statement()) {
+        for chunk in statement_chunks(keys, self.conn.rows_per_statement()) {
             all.extend(rows::loss_ratios_of(&mut self.conn, self.backend, chunk).await?);
         }
         Ok(all)
