@@ -164,9 +164,6 @@ const STATEMENT_CACHE: usize = 128;
 /// texts, all of which stay prepared.
 const LITE_ROWS_PER_STATEMENT: usize = 32;
 
-/// The writer's SQLite page cache, in KiB.
-const WRITER_CACHE_KIB: u32 = 64 * 1024;
-
 impl Lite {
     /// Opens the database file with the settings of every connection of the store: WAL, commits
     /// durable before they return (`synchronous = FULL`), waits of up to 10 s for another process's
@@ -175,9 +172,8 @@ impl Lite {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        // The writer reads index pages of every table at random (claim keys, members, accumulators):
-        // 64 MiB of page cache instead of SQLite's default 2 MiB keeps them in the process.
-        conn.execute_batch(&format!("PRAGMA cache_size = -{};", WRITER_CACHE_KIB))?;
+        // SQLite's default page cache (2 MiB) is kept: 16 and 64 MiB measured 3% and 12% slower
+        // (docs/benchmarks.md), as every commit scans the cache to drop pages past the file's end.
         // Checkpoints copy the WAL back into the database file and sync it: by default the
         // committing connection runs one every 1,000 pages, inside the commit a caller waits for.
         // The writer leaves them to a thread of its own (`checkpointer`).
