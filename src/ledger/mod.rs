@@ -511,7 +511,7 @@ impl WriterTask {
                         replies.push(reply);
                     }
                     let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
-                    let results = settle_run(&mut self.writer, &claims, &canonical, catalogue, touched).await?;
+                    let results = settle_run(&mut self.writer, &claims, canonical, catalogue, touched).await?;
                     for (reply, result) in replies.into_iter().zip(results) {
                         answers.push((reply, result.map(Response::Settled)));
                     }
@@ -564,7 +564,7 @@ impl WriterTask {
 async fn settle_run(
     w: &mut Writer,
     claims: &[Claim],
-    canonical: &[String],
+    canonical: Vec<String>,
     catalogue: &Catalogue,
     touched: &mut BTreeSet<PeriodKey>,
 ) -> Result<Vec<Result<Settled, LedgerError>>, StoreError> {
@@ -664,27 +664,30 @@ async fn settle_run(
             }
         }
     }
+    // The settlements and canonical claims move into the answers; only a replay within the run
+    // copies the answer it repeats (which comes earlier, so is already built).
+    let mut canonical = canonical;
     let mut results: Vec<Result<Settled, LedgerError>> = Vec::with_capacity(claims.len());
-    let new_settled = |i: usize, s: &Settlement, replay: bool| -> Result<Settled, LedgerError> {
-        match seq_of.get(&i) {
-            Some(&seq) => Ok(Settled {
-                stored: StoredSettlement {
-                    settlement: s.clone(),
-                    seq,
-                    settled_at: settled_at.clone(),
-                    reversed_at: None,
-                    claim_json: canonical[i].clone(),
-                },
-                replay,
-            }),
-            None => Err(LedgerError::Internal("a settlement was stored without a number".into())),
-        }
-    };
-    for (i, o) in outcomes.iter().enumerate() {
+    for (i, o) in outcomes.into_iter().enumerate() {
         let result = match o {
-            Outcome::New(s) => new_settled(i, s, false),
-            Outcome::SameAs(first) => match &outcomes[*first] {
-                Outcome::New(s) => new_settled(*first, s, true),
+            Outcome::New(s) => match seq_of.get(&i) {
+                Some(&seq) => Ok(Settled {
+                    stored: StoredSettlement {
+                        settlement: *s,
+                        seq,
+                        settled_at: settled_at.clone(),
+                        reversed_at: None,
+                        claim_json: std::mem::take(&mut canonical[i]),
+                    },
+                    replay: false,
+                }),
+                None => Err(LedgerError::Internal("a settlement was stored without a number".into())),
+            },
+            Outcome::SameAs(first) => match results.get(first) {
+                Some(Ok(Settled { stored, .. })) => Ok(Settled {
+                    stored: stored.clone(),
+                    replay: true,
+                }),
                 _ => Err(LedgerError::Internal("a replay points at no settlement".into())),
             },
             Outcome::Stored => {
@@ -698,7 +701,7 @@ async fn settle_run(
                     )),
                 }
             }
-            Outcome::Refused(e) => Err(e.clone()),
+            Outcome::Refused(e) => Err(e),
         };
         results.push(result);
     }
