@@ -5,14 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use claims::proto::member_service_client::MemberServiceClient;
 use claims::proto::settlement_reply::Result as ReplyResult;
 use claims::proto::settlement_service_client::SettlementServiceClient;
 use claims::proto::ClaimRequest;
 
 use crate::common::random::XorShift;
-use crate::common::{row, start_server, CIXI_2022};
-use crate::crash::{member_id, random_claim, CIXI_START, MEMBERS};
+use crate::common::start_server;
+use crate::crash::{enroll_roster, random_claim};
 
 const CLAIMS: usize = 300;
 
@@ -32,20 +31,7 @@ fn settlements_in_main_file(db: &std::path::Path, scratch: &std::path::Path) -> 
 async fn commits_reach_the_database_file_through_the_checkpoint_thread() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_server, channel) = start_server(dir.path(), "checkpoint").await;
-    let mut rows = Vec::new();
-    for i in 0..MEMBERS {
-        for (p, product) in CIXI_2022.iter().enumerate() {
-            let category = if p == 0 { "DIBAO" } else { "" };
-            let since = if p == 0 { CIXI_START } else { "" };
-            rows.push(row(&member_id(i), category, since, product, CIXI_START));
-        }
-    }
-    let summary = MemberServiceClient::new(channel.clone())
-        .enroll(tokio_stream::iter(rows))
-        .await
-        .expect("enroll")
-        .into_inner();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    enroll_roster(&channel).await;
 
     let mut rng = XorShift::new(0xc4ec_4901);
     let claims: Vec<ClaimRequest> = (0..CLAIMS).map(|i| random_claim(&mut rng, i)).collect();

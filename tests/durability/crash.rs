@@ -35,6 +35,26 @@ pub(crate) fn member_id(i: usize) -> String {
     format!("CM{i:02}")
 }
 
+/// Enrolls the durability tests' roster: [`MEMBERS`] members, DIBAO from [`CIXI_START`], each in
+/// the four Cixi 2022 products; every row must be taken.
+pub(crate) async fn enroll_roster(channel: &Channel) {
+    let mut rows = Vec::new();
+    for i in 0..MEMBERS {
+        let id = member_id(i);
+        for (p, product) in CIXI_2022.iter().enumerate() {
+            let (category, since) = if p == 0 { ("DIBAO", CIXI_START) } else { ("", "") };
+            rows.push(row(&id, category, since, product, CIXI_START));
+        }
+    }
+    let summary = MemberServiceClient::new(channel.clone())
+        .enroll(tokio_stream::iter(rows))
+        .await
+        .expect("enroll")
+        .into_inner();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.enrollments, (MEMBERS * CIXI_2022.len()) as u64);
+}
+
 /// The amounts of [`random_claim`]'s claims.
 const AMOUNTS: MedicalAmounts = MedicalAmounts {
     in_scope_inpatient: 100_000..=8_000_000,
@@ -104,31 +124,16 @@ async fn sigkill_mid_stream_loses_no_acknowledged_claim_and_half_writes_nothing(
     let (mut server, channel) = start_server_on(&database_url, dir.path(), "1").await;
 
     // 20 DIBAO members in the four Cixi 2022 products.
-    let mut rows = Vec::new();
+    enroll_roster(&channel).await;
     let mut members = HashMap::new();
     for i in 0..MEMBERS {
         let id = member_id(i);
-        for (p, product) in CIXI_2022.iter().enumerate() {
-            if p == 0 {
-                rows.push(row(&id, "DIBAO", CIXI_START, product, CIXI_START));
-            } else {
-                rows.push(row(&id, "", "", product, CIXI_START));
-            }
-        }
         let enrollments: Vec<(&str, &str)> = CIXI_2022.iter().map(|p| (*p, CIXI_START)).collect();
         members.insert(
             id.clone(),
             member(&id, &[(CIXI_START, Category::Dibao)], &enrollments, "0.00"),
         );
     }
-    let summary = MemberServiceClient::new(channel.clone())
-        .enroll(tokio_stream::iter(rows))
-        .await
-        .expect("enroll")
-        .into_inner();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
-    assert_eq!(summary.enrollments, (MEMBERS * CIXI_2022.len()) as u64);
-
     let mut rng = XorShift::new(0xc1a5_0000_dead_beef);
     let claims: Vec<ClaimRequest> = (0..CLAIMS).map(|i| random_claim(&mut rng, i)).collect();
     let world = World {

@@ -4,7 +4,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use claims::proto::member_service_client::MemberServiceClient;
 use claims::proto::settlement_reply::Result as ReplyResult;
 use claims::proto::settlement_service_client::SettlementServiceClient;
 use claims::proto::{ClaimRequest, GetSettlementRequest};
@@ -13,8 +12,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::common::random::XorShift;
-use crate::common::{drop_test_database, fresh_database_url, row, start_server_on, CIXI_2022};
-use crate::crash::{member_id, random_claim, CIXI_START, MEMBERS};
+use crate::common::{drop_test_database, fresh_database_url, start_server_on};
+use crate::crash::{enroll_roster, random_claim};
 
 const BEFORE_TERM: usize = 100;
 const AFTER_TERM: usize = 100;
@@ -24,20 +23,7 @@ async fn sigterm_finishes_the_open_stream_refuses_new_connections_and_exits_clea
     let dir = tempfile::tempdir().expect("temp dir");
     let database_url = fresh_database_url(dir.path()).await;
     let (mut server, channel) = start_server_on(&database_url, dir.path(), "drain").await;
-    let mut rows = Vec::new();
-    for i in 0..MEMBERS {
-        for (p, product) in CIXI_2022.iter().enumerate() {
-            let category = if p == 0 { "DIBAO" } else { "" };
-            let since = if p == 0 { CIXI_START } else { "" };
-            rows.push(row(&member_id(i), category, since, product, CIXI_START));
-        }
-    }
-    let summary = MemberServiceClient::new(channel.clone())
-        .enroll(tokio_stream::iter(rows))
-        .await
-        .expect("enroll")
-        .into_inner();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    enroll_roster(&channel).await;
 
     let mut rng = XorShift::new(0x5157_7e12);
     let claims: Vec<ClaimRequest> = (0..BEFORE_TERM + AFTER_TERM)
