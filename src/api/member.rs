@@ -21,6 +21,10 @@ const ENROLL_CHUNK_ROWS: usize = 1000;
 /// row).
 const ENROLL_ROWS_MAX: u64 = 5_000_000;
 
+/// Accepted roster rows from which an import refreshes the planner statistics of the member
+/// tables (PostgreSQL; see `Store::refresh_statistics`).
+const STATISTICS_AFTER_ROWS: u64 = 10_000;
+
 pub struct MemberApi {
     ledger: Ledger,
 }
@@ -161,6 +165,17 @@ impl MemberService for MemberApi {
         summary.rows = row_number;
         summary.errors.sort_by_key(|e| e.row);
         tracing::info!(rows = summary.rows, accepted = summary.rows_accepted, "roster imported");
+        if summary.rows_accepted >= STATISTICS_AFTER_ROWS {
+            // A large import changes the tables the writer reads for every claim; their planner
+            // statistics are refreshed now rather than whenever autovacuum gets to it (or never,
+            // where it is off), in the background: the import is committed already.
+            let store = self.ledger.store().clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.refresh_statistics().await {
+                    tracing::warn!(error = %e, "could not refresh planner statistics after a roster import");
+                }
+            });
+        }
         Ok(Response::new(summary))
     }
 

@@ -265,6 +265,21 @@ impl Store {
         })
     }
 
+    /// Refreshes the planner statistics of the member tables a settlement reads, after a bulk
+    /// import: PostgreSQL plans the writer's statements from them, and where autovacuum is off or
+    /// behind they would still describe the tables before the import (docs/benchmarks.md).
+    /// `ANALYZE` samples a bounded number of rows per table, so it stays quick on any size.
+    /// SQLite's planner does without statistics here, and its `ANALYZE` reads whole indexes, so it
+    /// is not run.
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            let mut conn = self.pool.acquire().await?;
+            conn.execute("ANALYZE members, member_categories, enrollments, accumulators, product_total_shards")
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

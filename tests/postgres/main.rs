@@ -16,6 +16,7 @@ use claims::api::convert::draft_from_request;
 use claims::domain::{settle, Accumulators, Catalogue, Category, Claim, Member, MemberId, Terms};
 use claims::proto::{settlement_reply, ClaimRequest, ListSettlementsRequest, LossRatioRequest, ReverseRequest};
 use common::*;
+use sqlx::{Connection, Row};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -295,4 +296,77 @@ async fn two_servers_on_one_database_give_a_one_at_a_time_result() {
     assert_eq!(ratio[0].paid, claims::domain::format_money(total_paid));
     a.stop().await;
     b.stop().await;
+}
+
+/// A roster import of 10,000 rows or more refreshes PostgreSQL's planner statistics of the member
+/// tables (`Store::refresh_statistics`), in the background once the import is committed; a small
+/// one leaves them alone.
+#[tokio::test]
+async fn a_large_roster_import_refreshes_the_planner_statistics() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let last_analyze = |table: &'static str| {
+        format!("SELECT last_analyze IS NOT NULL AS done FROM pg_stat_user_tables WHERE relname = '{table}'")
+    };
+
+    let small: Vec<_> = (0..100)
+        .map(|i| row(&format!("S{i:05}"), "DIBAO", "2022-01-01", CIXI_2022[0], "2022-01-01"))
+        .collect();
+    let summary = app
+        .members()
+        .await
+        .enroll(tokio_stream::iter(small))
+        .await
+        .expect("enroll")
+        .into_inner();
+    assert_eq!(summary.rows_accepted, 100);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let done: bool = sqlx::query(&last_analyze("enrollments"))
+        .fetch_one(&mut db)
+        .await
+        .expect("stats")
+        .get("done");
+    assert!(!done, "a 100-row import analyzed the tables");
+
+    let large: Vec<_> = (0..2_500)
+        .flat_map(|i| {
+            let id = format!("L{i:05}");
+            CIXI_2022
+                .iter()
+                .enumerate()
+                .map(move |(p, product)| {
+                    let (category, since) = if p == 0 { ("DIBAO", "2022-01-01") } else { ("", "") };
+                    row(&id, category, since, product, "2022-01-01")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let summary = app
+        .members()
+        .await
+        .enroll(tokio_stream::iter(large))
+        .await
+        .expect("enroll")
+        .into_inner();
+    assert_eq!(summary.rows_accepted, 10_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for table in ["members", "member_categories", "enrollments"] {
+        loop {
+            let done: bool = sqlx::query(&last_analyze(table))
+                .fetch_one(&mut db)
+                .await
+                .expect("stats")
+                .get("done");
+            if done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{table} not analyzed 30 s after the import"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    app.stop().await;
 }
