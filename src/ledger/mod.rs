@@ -29,7 +29,7 @@ use crate::domain::{
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
 use crate::store::{
-    now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
+    fen, now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
 };
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
@@ -755,6 +755,10 @@ async fn apply_terms(
     Ok(Ok(outcome))
 }
 
+/// Imports a chunk of roster rows in a few set-based statements (members, categories, premiums
+/// read, enrollments, totals), with the result of applying the rows one after another: a later row
+/// for the same enrollment or the same category date replaces an earlier one, and the running
+/// figures count each member once per period.
 async fn enroll(
     w: &mut Writer,
     catalogue: &Catalogue,
@@ -763,12 +767,15 @@ async fn enroll(
 ) -> Result<Vec<Result<(), FieldErrors>>, StoreError> {
     let now = now_text();
     let mut results = Vec::with_capacity(rows.len());
-    let mut totals: BTreeMap<PeriodKey, TotalsDelta> = BTreeMap::new();
+    let mut accepted: Vec<(EnrollRow, Option<(PeriodKey, i64)>)> = Vec::with_capacity(rows.len());
     for row in rows {
         let mut enrollment = None;
         if let Some((key, premium)) = &row.enrollment {
             match catalogue.get(key) {
-                Some(v) => enrollment = Some((key, premium.unwrap_or(v.terms.product.premium_per_member))),
+                Some(v) => {
+                    let premium = premium.unwrap_or(v.terms.product.premium_per_member);
+                    enrollment = Some((key.clone(), fen(premium.decimal(), "enrollments")?));
+                }
                 None => {
                     results.push(Err(FieldErrors::single(
                         "product_code",
@@ -778,22 +785,58 @@ async fn enroll(
                 }
             }
         }
-        w.lock([LockKey::member(&row.member_id)]).await?;
-        if let Some((key, _)) = &enrollment {
-            w.lock(capped_period_locks(catalogue, &BTreeSet::from([(*key).clone()])))
-                .await?;
-        }
-        w.ensure_member(&row.member_id, &now).await?;
-        if let Some((category, effective)) = row.category {
-            w.set_category(&row.member_id, effective, category).await?;
-        }
-        if let Some((key, premium)) = enrollment {
-            let delta = w.enroll(&row.member_id, key, premium).await?;
-            totals.entry(key.clone()).or_default().add(&delta);
-            touched.insert(key.clone());
-        }
         results.push(Ok(()));
+        accepted.push((row, enrollment));
     }
+    // Held already when `take_locks` saw the batch (members, then capped periods, ascending).
+    w.lock(accepted.iter().map(|(r, _)| LockKey::member(&r.member_id)))
+        .await?;
+    let periods: BTreeSet<PeriodKey> = accepted
+        .iter()
+        .filter_map(|(_, e)| e.as_ref().map(|(k, _)| k.clone()))
+        .collect();
+    w.lock(capped_period_locks(catalogue, &periods)).await?;
+
+    let mut members: Vec<&MemberId> = accepted.iter().map(|(r, _)| &r.member_id).collect();
+    members.sort();
+    members.dedup();
+    w.ensure_members(&members, &now).await?;
+
+    let mut categories: BTreeMap<(&MemberId, Date), Category> = BTreeMap::new();
+    for (row, _) in &accepted {
+        if let Some((category, effective)) = row.category {
+            categories.insert((&row.member_id, effective), category);
+        }
+    }
+    w.set_categories(&categories).await?;
+
+    let mut keys: Vec<(&MemberId, &PeriodKey)> = accepted
+        .iter()
+        .filter_map(|(r, e)| e.as_ref().map(|(k, _)| (&r.member_id, k)))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut premiums = w.enrollment_premiums(&keys).await?;
+    let mut totals: BTreeMap<PeriodKey, TotalsDelta> = BTreeMap::new();
+    let mut stored: BTreeMap<(&MemberId, &PeriodKey), i64> = BTreeMap::new();
+    for (row, enrollment) in &accepted {
+        let Some((key, premium)) = enrollment else { continue };
+        let delta = match premiums.insert((row.member_id.clone(), key.clone()), *premium) {
+            Some(previous) => TotalsDelta {
+                written_premium_fen: premium - previous,
+                ..TotalsDelta::default()
+            },
+            None => TotalsDelta {
+                written_premium_fen: *premium,
+                enrolled_members: 1,
+                ..TotalsDelta::default()
+            },
+        };
+        totals.entry(key.clone()).or_default().add(&delta);
+        stored.insert((&row.member_id, key), *premium);
+        touched.insert(key.clone());
+    }
+    w.upsert_enrollments(&stored).await?;
     // One upsert for the chunk, in period order, rather than one per row.
     w.add_to_totals(&totals).await?;
     Ok(results)

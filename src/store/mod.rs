@@ -788,70 +788,129 @@ impl Writer {
         Ok(())
     }
 
-    pub async fn ensure_member(&mut self, member_id: &MemberId, now: &str) -> Result<()> {
-        self.conn
-            .run(
-                "INSERT INTO members (member_id, created_at) VALUES ($1, $2) ON CONFLICT (member_id) DO NOTHING",
-                vec![Val::Str(member_id.as_str()), Val::Str(now)],
-            )
-            .await?;
+    /// Adds the members not stored yet; one statement per chunk.
+    pub async fn ensure_members(&mut self, ids: &[&MemberId], now: &str) -> Result<()> {
+        for chunk in statement_chunks(ids, self.conn.rows_per_statement()) {
+            let sql = format!(
+                "INSERT INTO members (member_id, created_at) VALUES {} ON CONFLICT (member_id) DO NOTHING",
+                Params::new(self.backend).values(chunk.len(), 2)
+            );
+            let values = chunk
+                .iter()
+                .flat_map(|id| [Val::Str(id.as_str()), Val::Str(now)])
+                .collect();
+            self.conn.run(&sql, values).await?;
+        }
         Ok(())
     }
 
     pub async fn set_category(&mut self, member_id: &MemberId, effective: Date, category: Category) -> Result<()> {
-        self.conn
-            .run(
-                "INSERT INTO member_categories (member_id, effective_date, category) VALUES ($1, $2, $3) \
+        self.set_categories(&BTreeMap::from([((member_id, effective), category)]))
+            .await
+    }
+
+    /// Sets members' categories from the given dates on (replacing one set before for the same
+    /// date); one statement per chunk. The keys are distinct, as a statement may change a row
+    /// only once.
+    pub async fn set_categories(&mut self, categories: &BTreeMap<(&MemberId, Date), Category>) -> Result<()> {
+        let rows: Vec<_> = categories.iter().collect();
+        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
+            let sql = format!(
+                "INSERT INTO member_categories (member_id, effective_date, category) VALUES {} \
                  ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
-                vec![
-                    Val::Str(member_id.as_str()),
-                    Val::Text(format_date(effective)),
-                    Val::Str(category.as_str()),
-                ],
-            )
-            .await?;
+                Params::new(self.backend).values(chunk.len(), 3)
+            );
+            let values = chunk
+                .iter()
+                .flat_map(|((member, date), category)| {
+                    [
+                        Val::Str(member.as_str()),
+                        Val::Text(format_date(*date)),
+                        Val::Str(category.as_str()),
+                    ]
+                })
+                .collect();
+            self.conn.run(&sql, values).await?;
+        }
         Ok(())
     }
 
-    /// Enrolls a member (or changes the premium of an enrollment). Returns what it changes of the
-    /// period's written premium and member count, for [`Writer::add_to_totals`] in the same
-    /// transaction.
-    pub async fn enroll(&mut self, member_id: &MemberId, key: &PeriodKey, premium: Money) -> Result<TotalsDelta> {
-        let start = format_date(key.start);
-        let previous = self
-            .conn
-            .rows(
-                "SELECT premium_fen FROM enrollments WHERE member_id = $1 AND product_code = $2 AND period_start = $3",
-                vec![
-                    Val::Str(member_id.as_str()),
-                    Val::Str(key.product.as_str()),
-                    Val::Str(&start),
-                ],
-                |r| r.int("premium_fen"),
-            )
-            .await?;
-        let premium_fen = fen(premium.decimal(), "enrollments")?;
-        let (premium_delta, member_delta) = match previous.first() {
-            Some(previous) => (premium_fen - previous, 0),
-            None => (premium_fen, 1),
-        };
-        self.conn
-            .run(
-                "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) VALUES ($1, $2, $3, $4) \
+    /// The stored premiums (fen) of those of these enrollments that exist.
+    pub async fn enrollment_premiums(
+        &mut self,
+        keys: &[(&MemberId, &PeriodKey)],
+    ) -> Result<HashMap<(MemberId, PeriodKey), i64>> {
+        let mut found = HashMap::with_capacity(keys.len());
+        for chunk in statement_chunks(keys, self.conn.rows_per_statement()) {
+            let mut params = Params::new(self.backend);
+            let clauses: Vec<String> = (0..chunk.len())
+                .map(|_| {
+                    format!(
+                        "(member_id = {} AND product_code = {} AND period_start = {})",
+                        params.next(),
+                        params.next(),
+                        params.next()
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT member_id, product_code, period_start, premium_fen FROM enrollments WHERE {}",
+                clauses.join(" OR ")
+            );
+            let values = chunk
+                .iter()
+                .flat_map(|(member, key)| {
+                    [
+                        Val::Str(member.as_str()),
+                        Val::Str(key.product.as_str()),
+                        Val::Text(format_date(key.start)),
+                    ]
+                })
+                .collect();
+            let rows = self
+                .conn
+                .rows(&sql, values, |r| {
+                    Ok((
+                        r.text("member_id")?,
+                        r.text("product_code")?,
+                        r.text("period_start")?,
+                        r.int("premium_fen")?,
+                    ))
+                })
+                .await?;
+            for (member, code, start, premium) in rows {
+                let member = MemberId::parse(&member).map_err(|e| corrupt("enrollments", e))?;
+                found.insert((member, period_key(&code, &start, "enrollments")?), premium);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Stores enrollments with their premiums (fen), replacing the premium of one that exists; one
+    /// statement per chunk. The caller works out what they change of the running figures
+    /// ([`Writer::enrollment_premiums`], [`Writer::add_to_totals`]).
+    pub async fn upsert_enrollments(&mut self, enrollments: &BTreeMap<(&MemberId, &PeriodKey), i64>) -> Result<()> {
+        let rows: Vec<_> = enrollments.iter().collect();
+        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
+            let sql = format!(
+                "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) VALUES {} \
                  ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
-                vec![
-                    Val::Str(member_id.as_str()),
-                    Val::Str(key.product.as_str()),
-                    Val::Str(&start),
-                    Val::Int(premium_fen),
-                ],
-            )
-            .await?;
-        Ok(TotalsDelta {
-            written_premium_fen: premium_delta,
-            enrolled_members: member_delta,
-            ..TotalsDelta::default()
-        })
+                Params::new(self.backend).values(chunk.len(), 4)
+            );
+            let values = chunk
+                .iter()
+                .flat_map(|((member, key), premium)| {
+                    [
+                        Val::Str(member.as_str()),
+                        Val::Str(key.product.as_str()),
+                        Val::Text(format_date(key.start)),
+                        Val::Int(**premium),
+                    ]
+                })
+                .collect();
+            self.conn.run(&sql, values).await?;
+        }
+        Ok(())
     }
 
     /// The running figures of some product periods, read after a commit.

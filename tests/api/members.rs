@@ -295,3 +295,46 @@ async fn a_roster_refused_by_the_transport_writes_nothing() {
     assert_eq!(status.code(), Code::NotFound);
     app.stop().await;
 }
+
+/// Rows of one roster chunk that repeat an enrollment or a category date apply one after another,
+/// as if each were imported alone: the last premium and category stand, and the running figures
+/// count the member once with the last premium. The roster is stored in chunks of 1,000 rows, so
+/// the repeats here share a chunk, and a statement of the import that changed a row twice would
+/// fail.
+#[tokio::test]
+async fn repeated_rows_in_one_roster_apply_in_order() {
+    let app = spawn_app().await;
+    let premium = |p: &str, r: EnrollmentRow| EnrollmentRow { premium: p.into(), ..r };
+    let rows = vec![
+        premium("10.00", row("M20", "DIBAO", "2022-01-01", TIANYI, CIXI_START)),
+        row("M21", "DIBAO", "2022-01-01", TIANYI, CIXI_START),
+        premium("20.00", row("M20", "DESTITUTE", "2022-01-01", TIANYI, CIXI_START)),
+        row("M20", "DIBAO_MARGINAL", "2022-03-01", MA, CIXI_START),
+        premium("35.00", row("M20", "", "", TIANYI, CIXI_START)),
+        premium("1.00", row("M21", "", "", MA, CIXI_START)),
+        premium("2.00", row("M21", "", "", MA, CIXI_START)),
+    ];
+    let summary = enroll(&app, rows).await;
+    assert!(summary.errors.is_empty(), "{summary:?}");
+    assert_eq!((summary.rows_accepted, summary.enrollments), (7, 7), "{summary:?}");
+
+    let m20 = get_member(&app, "M20", "2022-02-01").await.expect("M20");
+    assert_eq!(
+        category_name(m20.category),
+        "DESTITUTE",
+        "the later row for 2022-01-01 stands"
+    );
+    assert_eq!(enrollment(&m20, TIANYI).premium, "35.00");
+    assert_eq!(enrollment(&m20, MA).premium, "0.00");
+    let m20_later = get_member(&app, "M20", "2022-06-01").await.expect("M20");
+    assert_eq!(category_name(m20_later.category), "DIBAO_MARGINAL");
+    let m21 = get_member(&app, "M21", "2022-02-01").await.expect("M21");
+    assert_eq!(enrollment(&m21, TIANYI).premium, "50.00", "the product's premium");
+    assert_eq!(enrollment(&m21, MA).premium, "2.00");
+
+    let lr = loss_ratio(&app, TIANYI, CIXI_START).await;
+    assert_eq!((lr.written_premium.as_str(), lr.enrolled_members), ("85.00", 2));
+    let lr = loss_ratio(&app, MA, CIXI_START).await;
+    assert_eq!((lr.written_premium.as_str(), lr.enrolled_members), ("2.00", 2));
+    app.stop().await;
+}
