@@ -274,8 +274,7 @@ impl Store {
     pub async fn refresh_statistics(&self) -> Result<()> {
         if self.backend == Backend::Postgres {
             let mut conn = self.pool.acquire().await?;
-            conn.execute("ANALYZE members, member_categories, enrollments")
-                .await?;
+            conn.execute("ANALYZE members, member_categories, enrollments").await?;
         }
         Ok(())
     }

@@ -301,33 +301,31 @@ async fn two_servers_on_one_database_give_a_one_at_a_time_result() {
 /// A roster import of 10,000 rows or more refreshes PostgreSQL's planner statistics of the member
 /// tables (`Store::refresh_statistics`), in the background once the import is committed; a small
 /// one leaves them alone.
+/// Whether `table` has been analyzed by an `ANALYZE` (not autovacuum's) since the database was made.
+async fn analyzed(db: &mut sqlx::PgConnection, table: &str) -> bool {
+    sqlx::query("SELECT last_analyze IS NOT NULL AS done FROM pg_stat_user_tables WHERE relname = $1")
+        .bind(table)
+        .fetch_one(db)
+        .await
+        .expect("table statistics")
+        .get("done")
+}
+
 #[tokio::test]
 async fn a_large_roster_import_refreshes_the_planner_statistics() {
     let url = fresh_database().await;
     let app = spawn_pg_app(&url).await;
     let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let last_analyze = |table: &'static str| {
-        format!("SELECT last_analyze IS NOT NULL AS done FROM pg_stat_user_tables WHERE relname = '{table}'")
-    };
 
     let small: Vec<_> = (0..100)
         .map(|i| row(&format!("S{i:05}"), "DIBAO", "2022-01-01", CIXI_2022[0], "2022-01-01"))
         .collect();
-    let summary = app
-        .members()
-        .await
-        .enroll(tokio_stream::iter(small))
-        .await
-        .expect("enroll")
-        .into_inner();
-    assert_eq!(summary.rows_accepted, 100);
+    assert_eq!(enroll(&app, small).await.rows_accepted, 100);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let done: bool = sqlx::query(&last_analyze("enrollments"))
-        .fetch_one(&mut db)
-        .await
-        .expect("stats")
-        .get("done");
-    assert!(!done, "a 100-row import analyzed the tables");
+    assert!(
+        !analyzed(&mut db, "enrollments").await,
+        "a 100-row import analyzed the tables"
+    );
 
     let large: Vec<_> = (0..2_500)
         .flat_map(|i| {
@@ -342,25 +340,10 @@ async fn a_large_roster_import_refreshes_the_planner_statistics() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let summary = app
-        .members()
-        .await
-        .enroll(tokio_stream::iter(large))
-        .await
-        .expect("enroll")
-        .into_inner();
-    assert_eq!(summary.rows_accepted, 10_000);
+    assert_eq!(enroll(&app, large).await.rows_accepted, 10_000);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for table in ["members", "member_categories", "enrollments"] {
-        loop {
-            let done: bool = sqlx::query(&last_analyze(table))
-                .fetch_one(&mut db)
-                .await
-                .expect("stats")
-                .get("done");
-            if done {
-                break;
-            }
+        while !analyzed(&mut db, table).await {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{table} not analyzed 30 s after the import"
