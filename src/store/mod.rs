@@ -1,9 +1,9 @@
 //! Storage: one implementation for both backends, SQLite (embedded default, one file, WAL,
 //! `synchronous=FULL`) and PostgreSQL, each with its own migrations. Reads go through sqlx's `Any`
-//! pool; the writers' statements go through the small `Db` interface of [`db`], over sqlx for
+//! pool; the writers' statements go through the small `Db` interface of `db.rs`, over sqlx for
 //! PostgreSQL and over rusqlite for SQLite's single writer.
 //!
-//! The SQL is written once: both backends take parameters in order ([`Params`]) and `RETURNING`.
+//! The SQL is written once: both backends take parameters in order (`Params`) and `RETURNING`.
 //! Where they differ (how a writer takes its lock), [`Backend`] says which statement to use.
 //!
 //! Money is stored as whole fen (`BIGINT`), dates as `YYYY-MM-DD` text.
