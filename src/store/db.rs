@@ -26,24 +26,6 @@ pub(crate) enum Val<'a> {
     Null,
 }
 
-impl<'a> From<&'a str> for Val<'a> {
-    fn from(s: &'a str) -> Self {
-        Val::Str(s)
-    }
-}
-
-impl From<String> for Val<'_> {
-    fn from(s: String) -> Self {
-        Val::Text(s)
-    }
-}
-
-impl From<i64> for Val<'_> {
-    fn from(v: i64) -> Self {
-        Val::Int(v)
-    }
-}
-
 impl From<Option<String>> for Val<'_> {
     fn from(v: Option<String>) -> Self {
         v.map_or(Val::Null, Val::Text)
