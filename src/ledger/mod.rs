@@ -15,8 +15,10 @@
 //! which is also the order of the sequence numbers of any two settlements or reversals that touched
 //! something in common (docs/concurrency.md).
 //!
-//! Writers read accumulators from the database inside their transaction rather than from a cache,
-//! so several processes can share one database and a restart needs no warm-up.
+//! PostgreSQL writers read members and accumulators from the database inside their transaction, so
+//! several processes can share one database. SQLite's single writer keeps what it read and wrote
+//! between transactions and checks SQLite's `data_version` at each one, so a change committed by
+//! any other connection empties it (`store::cache`). Either way a restart needs no warm-up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};

@@ -8,6 +8,7 @@
 //!
 //! Money is stored as whole fen (`BIGINT`), dates as `YYYY-MM-DD` text.
 
+mod cache;
 mod db;
 mod rows;
 
@@ -27,7 +28,7 @@ use crate::domain::{
     LossRatio, Member, MemberId, Money, PeriodKey, ProductCode, Reason, Settlement, Terms,
 };
 
-use db::{Cols, Conn, Db, Lite, Val};
+use db::{Conn, Db, Lite, Val};
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 
 /// Everything that can go wrong below the ledger.
@@ -291,12 +292,14 @@ impl Store {
             (Some(path), Backend::Sqlite) => (Conn::Lite(Lite::open(path)?), 0),
             _ => (Conn::Any(self.pool.acquire().await?.detach()), next_shard()),
         };
+        let lasting = matches!(conn, Conn::Lite(_));
         Ok(Writer {
             conn,
             backend: self.backend,
             shard,
             held: BTreeSet::new(),
             exclusive: false,
+            cache: cache::WriterCache::new(lasting),
         })
     }
 
@@ -365,6 +368,8 @@ pub struct Writer {
     held: BTreeSet<LockKey>,
     /// This transaction holds the global lock exclusively: no other lock is needed.
     exclusive: bool,
+    /// What this writer read and wrote (`cache`).
+    cache: cache::WriterCache,
 }
 
 /// Shards of the running figures per product period on PostgreSQL: enough that writers of a few
@@ -439,9 +444,18 @@ impl Writer {
         self.exclusive = mode == TxMode::Exclusive;
         match self.backend {
             Backend::Sqlite => {
+                if let Conn::Lite(lite) = &mut self.conn {
+                    lite.before_transaction();
+                }
                 self.conn.run("BEGIN IMMEDIATE", Vec::new()).await?;
+                let version = self
+                    .conn
+                    .rows("PRAGMA data_version", Vec::new(), |r| r.int("data_version"))
+                    .await?;
+                self.cache.begin(version.first().copied());
             }
             Backend::Postgres => {
+                self.cache.begin(None);
                 self.conn.run("BEGIN", Vec::new()).await?;
                 let function = match mode {
                     TxMode::Shared => "pg_advisory_xact_lock_shared",
@@ -493,11 +507,15 @@ impl Writer {
     }
 
     pub async fn commit(&mut self) -> Result<()> {
-        self.conn.run("COMMIT", Vec::new()).await?;
+        if let Err(e) = self.conn.run("COMMIT", Vec::new()).await {
+            self.cache.rolled_back();
+            return Err(e);
+        }
         Ok(())
     }
 
     pub async fn rollback(&mut self) -> Result<()> {
+        self.cache.rolled_back();
         self.conn.run("ROLLBACK", Vec::new()).await?;
         Ok(())
     }
@@ -558,29 +576,50 @@ impl Writer {
     /// The members among `ids` that exist, with categories and enrollments.
     pub async fn members(&mut self, ids: &[&MemberId]) -> Result<HashMap<MemberId, Member>> {
         let mut found = HashMap::new();
-        load_members(&mut self.conn, self.backend, ids, &mut found).await?;
+        let missing = self.cache.members(ids, &mut found);
+        if !missing.is_empty() {
+            let mut loaded = HashMap::new();
+            load_members(&mut self.conn, self.backend, &missing, &mut loaded).await?;
+            self.cache.keep_members(loaded.values());
+            found.extend(loaded);
+        }
         Ok(found)
     }
 
     /// The usage of `members` in the product periods `keys`, with each period's total paid by all
     /// members (aggregate caps), as one in-memory book.
     pub async fn accumulators(&mut self, members: &[&MemberId], keys: &[PeriodKey]) -> Result<Accumulators> {
-        load_accumulators(&mut self.conn, self.backend, members, keys).await
+        if !self.cache.lasting() {
+            return load_accumulators(&mut self.conn, self.backend, members, keys).await;
+        }
+        let (members_missing, keys_missing) = self.cache.missing_usage(members, keys);
+        let usage = if members_missing.is_empty() {
+            Vec::new()
+        } else {
+            load_usage(&mut self.conn, self.backend, &members_missing).await?
+        };
+        let totals = if keys_missing.is_empty() {
+            Vec::new()
+        } else {
+            load_period_paid(&mut self.conn, self.backend, &keys_missing).await?
+        };
+        self.cache.keep_usage(&members_missing, usage, &keys_missing, totals);
+        Ok(self.cache.book(members, keys))
     }
 
-    /// Appends settlements with their layers, and adds their changes to the accumulators and the
+    /// Appends settlements (their layers in the same row), and adds their changes to the accumulators and the
     /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
     pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
         for chunk in statement_chunks(rows, self.conn.rows_per_statement()) {
             let mut sql = String::from(
                 "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
-                 total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at) VALUES ",
+                 total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at, layers) VALUES ",
             );
-            sql.push_str(&Params::new(self.backend).values(chunk.len(), 12));
+            sql.push_str(&Params::new(self.backend).values(chunk.len(), 13));
             // Row order of RETURNING is not defined: the key maps each number back.
             sql.push_str(" RETURNING seq, hospital_id, claim_id");
-            let mut values = Vec::with_capacity(chunk.len() * 12);
+            let mut values = Vec::with_capacity(chunk.len() * 13);
             for r in chunk {
                 let s = r.settlement;
                 values.extend([
@@ -596,6 +635,7 @@ impl Writer {
                     Val::Int(fen(s.out_of_pocket, "settlements")?),
                     Val::Text(reasons_text(&s.reasons)),
                     Val::Str(r.settled_at),
+                    Val::Text(layers_json(&s.layers)?),
                 ]);
             }
             let returned = self
@@ -614,36 +654,6 @@ impl Writer {
                 .copied()
                 .ok_or_else(|| corrupt("settlements", "an inserted settlement returned no sequence number"))?;
             ordered.push(seq);
-        }
-        let layers: Vec<(i64, usize, &LayerResult)> = rows
-            .iter()
-            .zip(&ordered)
-            .flat_map(|(r, seq)| r.settlement.layers.iter().enumerate().map(move |(i, l)| (*seq, i, l)))
-            .collect();
-        for chunk in statement_chunks(&layers, self.conn.rows_per_statement()) {
-            let mut sql = String::from(
-                "INSERT INTO settlement_layers (seq, layer_index, product_code, period_start, period_end, \
-                 terms_version, layer_order, benefit_code, eligible_fen, deductible_fen, payout_fen, reasons) VALUES ",
-            );
-            sql.push_str(&Params::new(self.backend).values(chunk.len(), 12));
-            let mut values = Vec::with_capacity(chunk.len() * 12);
-            for (seq, i, l) in chunk {
-                values.extend([
-                    Val::Int(*seq),
-                    Val::Int(*i as i64),
-                    Val::Str(l.product.as_str()),
-                    Val::Text(format_date(l.period_start)),
-                    Val::Text(format_date(l.period_end)),
-                    Val::Int(i64::from(l.terms_version)),
-                    Val::Int(l.layer_order),
-                    Val::from(l.benefit.as_ref().map(|b| b.to_string())),
-                    Val::Int(fen(l.eligible, "settlement_layers")?),
-                    Val::Int(fen(l.deductible_applied, "settlement_layers")?),
-                    Val::Int(fen(l.payout, "settlement_layers")?),
-                    Val::Text(reasons_text(&l.reasons)),
-                ]);
-            }
-            self.conn.run(&sql, values).await?;
         }
         let settlements: Vec<&Settlement> = rows.iter().map(|r| r.settlement).collect();
         self.add_to_running_figures(&settlements, 1).await?;
@@ -700,6 +710,10 @@ impl Writer {
                 ]);
             }
             self.conn.run(&sql, values).await?;
+        }
+        for ((member, period, benefit), delta) in &usage {
+            let signed = if sign < 0 { delta.negated() } else { *delta };
+            self.cache.add_usage(member, period, benefit, &signed);
         }
         let mut deltas = BTreeMap::new();
         for (key, (paid, claims)) in totals {
@@ -758,6 +772,9 @@ impl Writer {
             }
             self.conn.run(&sql, values).await?;
         }
+        for (key, d) in deltas {
+            self.cache.add_period_paid(key, from_fen(d.paid_fen));
+        }
         Ok(())
     }
 
@@ -814,6 +831,7 @@ impl Writer {
     /// date); one statement per chunk. The keys are distinct, as a statement may change a row
     /// only once.
     pub async fn set_categories(&mut self, categories: &BTreeMap<(&MemberId, Date), Category>) -> Result<()> {
+        self.cache.forget_members(categories.keys().map(|(m, _)| *m));
         let rows: Vec<_> = categories.iter().collect();
         for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
             let sql = format!(
@@ -891,6 +909,7 @@ impl Writer {
     /// statement per chunk. The caller works out what they change of the running figures
     /// ([`Writer::enrollment_premiums`], [`Writer::add_to_totals`]).
     pub async fn upsert_enrollments(&mut self, enrollments: &BTreeMap<(&MemberId, &PeriodKey), i64>) -> Result<()> {
+        self.cache.forget_members(enrollments.keys().map(|(m, _)| *m));
         let rows: Vec<_> = enrollments.iter().collect();
         for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
             let sql = format!(
@@ -1023,8 +1042,34 @@ async fn load_accumulators(
     if keys.is_empty() || members.is_empty() {
         return Ok(acc);
     }
-    // One row per member, as for `load_members`: `code@start@benefit=deductible/band/paid,...`.
+    for (member, entries) in load_usage(db, backend, members).await? {
+        for (key, benefit, usage) in entries {
+            if keys.contains(&key) {
+                acc.add(&member, &key, &benefit, &usage);
+            }
+        }
+    }
+    let keys: Vec<&PeriodKey> = keys.iter().collect();
+    for (key, total) in load_period_paid(db, backend, &keys).await? {
+        add_others_paid(&mut acc, &key, total);
+    }
+    Ok(acc)
+}
+
+/// Other members' payouts count towards aggregate caps: the period's stored total less the part of
+/// the members in the book.
+fn add_others_paid(acc: &mut Accumulators, key: &PeriodKey, total: Decimal) {
+    let loaded = crate::domain::AccumulatorView::aggregate_paid(acc, key);
+    if total != loaded {
+        acc.add_period_paid(key, total - loaded);
+    }
+}
+
+/// Every stored usage of `members`, in every product period, one row per member
+/// (`code@start@benefit=deductible/band/paid,...`). Members without any are absent.
+async fn load_usage(db: &mut impl Db, backend: Backend, members: &[&MemberId]) -> Result<cache::StoredUsage> {
     let agg = backend.string_agg();
+    let mut found = Vec::with_capacity(members.len());
     for chunk in statement_chunks(members, db.rows_per_statement()) {
         let sql = format!(
             "SELECT member_id, {agg}(product_code || '@' || period_start || '@' || benefit_code || '=' || \
@@ -1038,16 +1083,24 @@ async fn load_accumulators(
             .await?;
         for (member, usage) in rows {
             let member = MemberId::parse(&member).map_err(|e| corrupt("accumulators", e))?;
-            for item in usage.split(',').filter(|i| !i.is_empty()) {
-                let (key, benefit, usage) = parse_usage(item)?;
-                if keys.contains(&key) {
-                    acc.add(&member, &key, &benefit, &usage);
-                }
-            }
+            let entries = usage
+                .split(',')
+                .filter(|i| !i.is_empty())
+                .map(parse_usage)
+                .collect::<Result<Vec<_>>>()?;
+            found.push((member, entries));
         }
     }
-    // Other members' payouts count towards aggregate caps: each period's stored total less the part
-    // of the members loaded.
+    Ok(found)
+}
+
+/// Each period's total paid by all members; periods without a stored total are absent.
+async fn load_period_paid(
+    db: &mut impl Db,
+    backend: Backend,
+    keys: &[&PeriodKey],
+) -> Result<Vec<(PeriodKey, Decimal)>> {
+    let mut found = Vec::with_capacity(keys.len());
     for chunk in statement_chunks(keys, db.rows_per_statement()) {
         let mut params = Params::new(backend);
         let clauses: Vec<String> = (0..chunk.len())
@@ -1073,18 +1126,12 @@ async fn load_accumulators(
             })
             .await?;
         for (code, start, paid) in rows {
-            let key = period_key(&code, &start, "product_totals")?;
-            let total = from_fen(paid);
-            let loaded = crate::domain::AccumulatorView::aggregate_paid(&acc, &key);
-            if total != loaded {
-                acc.add_period_paid(&key, total - loaded);
-            }
+            found.push((period_key(&code, &start, "product_totals")?, from_fen(paid)));
         }
     }
-    Ok(acc)
+    Ok(found)
 }
 
-/// One folded accumulator row: `code@start@benefit=deductible/band/paid` in fen.
 fn parse_usage(item: &str) -> Result<(PeriodKey, BenefitCode, BenefitUsage)> {
     let bad = || corrupt("accumulators", format!("{item:?}"));
     let (key, figures) = item.split_once('=').ok_or_else(bad)?;
@@ -1109,25 +1156,70 @@ fn parse_usage(item: &str) -> Result<(PeriodKey, BenefitCode, BenefitUsage)> {
     ))
 }
 
-/// A layer as stored: enough to rebuild the settlement and its accumulator changes.
-pub(crate) fn layer_from_row(row: &dyn Cols) -> Result<LayerResult> {
-    let t = "settlement_layers";
-    let benefit = row.opt_text("benefit_code")?;
-    Ok(LayerResult {
-        product: ProductCode::parse(&row.text("product_code")?).map_err(|e| corrupt(t, e))?,
-        period_start: date_col(&row.text("period_start")?, t)?,
-        period_end: date_col(&row.text("period_end")?, t)?,
-        terms_version: u32::try_from(row.int("terms_version")?).map_err(|e| corrupt(t, e.to_string()))?,
-        layer_order: row.int("layer_order")?,
-        benefit: benefit
-            .filter(|b| !b.is_empty())
-            .map(|b| BenefitCode::parse(&b).map_err(|e| corrupt(t, e)))
-            .transpose()?,
-        eligible: from_fen(row.int("eligible_fen")?),
-        deductible_applied: from_fen(row.int("deductible_fen")?),
-        payout: from_fen(row.int("payout_fen")?),
-        reasons: parse_reasons(&row.text("reasons")?, t)?,
-    })
+/// A layer as stored in `settlements.layers`: [product, period start, period end, terms version,
+/// layer order, benefit or null, eligible, deductible applied, payout (fen), reasons]. Enough to
+/// rebuild the settlement and its accumulator changes.
+type LayerJson<'a> = (
+    std::borrow::Cow<'a, str>,
+    std::borrow::Cow<'a, str>,
+    std::borrow::Cow<'a, str>,
+    i64,
+    i64,
+    Option<std::borrow::Cow<'a, str>>,
+    i64,
+    i64,
+    i64,
+    std::borrow::Cow<'a, str>,
+);
+
+/// The `layers` column of a settlement: a JSON array with one array per layer, in layer order.
+pub(crate) fn layers_json(layers: &[LayerResult]) -> Result<String> {
+    let t = "settlements";
+    let rows = layers
+        .iter()
+        .map(|l| {
+            Ok::<LayerJson<'_>, StoreError>((
+                l.product.as_str().into(),
+                format_date(l.period_start).into(),
+                format_date(l.period_end).into(),
+                i64::from(l.terms_version),
+                l.layer_order,
+                l.benefit.as_ref().map(|b| b.as_str().into()),
+                fen(l.eligible, t)?,
+                fen(l.deductible_applied, t)?,
+                fen(l.payout, t)?,
+                reasons_text(&l.reasons).into(),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    serde_json::to_string(&rows).map_err(|e| corrupt(t, e.to_string()))
+}
+
+/// Reads the `layers` column back.
+pub(crate) fn layers_from_json(text: &str) -> Result<Vec<LayerResult>> {
+    let t = "settlements";
+    let rows: Vec<LayerJson<'_>> = serde_json::from_str(text).map_err(|e| corrupt(t, format!("layers: {e}")))?;
+    rows.into_iter()
+        .map(
+            |(product, start, end, version, layer_order, benefit, eligible, deductible, payout, reasons)| {
+                Ok(LayerResult {
+                    product: ProductCode::parse(&product).map_err(|e| corrupt(t, e))?,
+                    period_start: date_col(&start, t)?,
+                    period_end: date_col(&end, t)?,
+                    terms_version: u32::try_from(version).map_err(|e| corrupt(t, e.to_string()))?,
+                    layer_order,
+                    benefit: benefit
+                        .filter(|b| !b.is_empty())
+                        .map(|b| BenefitCode::parse(&b).map_err(|e| corrupt(t, e)))
+                        .transpose()?,
+                    eligible: from_fen(eligible),
+                    deductible_applied: from_fen(deductible),
+                    payout: from_fen(payout),
+                    reasons: parse_reasons(&reasons, t)?,
+                })
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,10 +6,8 @@ use rust_decimal::Decimal;
 use sqlx::{AnyPool, Row};
 
 use super::db::{Cols, Db, Val};
-use super::{corrupt, date_col, from_fen, layer_from_row, parse_reasons, period_key, Backend, Params, Result};
-use crate::domain::{
-    format_date, Category, ClaimId, HospitalId, LayerResult, LossRatio, MemberId, PeriodKey, Settlement,
-};
+use super::{corrupt, date_col, from_fen, layers_from_json, parse_reasons, period_key, Backend, Params, Result};
+use crate::domain::{format_date, Category, ClaimId, HospitalId, LossRatio, MemberId, PeriodKey, Settlement};
 
 /// A settlement as stored, with its sequence number and reversal, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,19 +54,17 @@ const SETTLEMENT_COLUMNS: &str = "s.seq AS seq, s.hospital_id AS hospital_id, s.
      s.member_id AS member_id, s.service_date AS service_date, s.category AS category, s.claim_json AS claim_json, \
      s.total_cost_fen AS total_cost_fen, s.upstream_fen AS upstream_fen, s.payout_fen AS payout_fen, \
      s.out_of_pocket_fen AS out_of_pocket_fen, s.reasons AS reasons, s.settled_at AS settled_at, \
-     r.reversed_at AS reversed_at";
+     s.layers AS layers, r.reversed_at AS reversed_at";
 
-const LAYER_COLUMNS: &str = "seq, layer_index, product_code, period_start, period_end, terms_version, layer_order, \
-     benefit_code, eligible_fen, deductible_fen, payout_fen, reasons";
-
-fn settlement_head(row: &dyn Cols) -> Result<StoredSettlement> {
+fn settlement_row(row: &dyn Cols) -> Result<StoredSettlement> {
     let t = "settlements";
     let member_id = MemberId::parse(&row.text("member_id")?).map_err(|e| corrupt(t, e))?;
+    let layers = layers_from_json(&row.text("layers")?)?;
     Ok(StoredSettlement {
         settlement: Settlement {
             claim_id: ClaimId::parse(&row.text("claim_id")?).map_err(|e| corrupt(t, e))?,
             hospital_id: HospitalId::parse(&row.text("hospital_id")?).map_err(|e| corrupt(t, e))?,
-            changes: Settlement::changes_of(&member_id, &[]),
+            changes: Settlement::changes_of(&member_id, &layers),
             member_id,
             service_date: date_col(&row.text("service_date")?, t)?,
             category: Category::from_str(&row.text("category")?).map_err(|e| corrupt(t, e))?,
@@ -76,7 +72,7 @@ fn settlement_head(row: &dyn Cols) -> Result<StoredSettlement> {
             upstream_total: from_fen(row.int("upstream_fen")?),
             payout_total: from_fen(row.int("payout_fen")?),
             out_of_pocket: from_fen(row.int("out_of_pocket_fen")?),
-            layers: Vec::new(),
+            layers,
             reasons: parse_reasons(&row.text("reasons")?, t)?,
         },
         seq: row.int("seq")?,
@@ -84,23 +80,6 @@ fn settlement_head(row: &dyn Cols) -> Result<StoredSettlement> {
         reversed_at: row.opt_text("reversed_at")?,
         claim_json: row.text("claim_json")?,
     })
-}
-
-/// Attaches layers (rows ordered by seq, layer_index) to their settlements and rebuilds changes.
-fn attach_layers(settlements: &mut [StoredSettlement], layers: Vec<(i64, LayerResult)>) -> Result<()> {
-    for (seq, layer) in layers {
-        if let Some(s) = settlements.iter_mut().find(|s| s.seq == seq) {
-            s.settlement.layers.push(layer);
-        }
-    }
-    for s in settlements.iter_mut() {
-        s.settlement.changes = Settlement::changes_of(&s.settlement.member_id, &s.settlement.layers);
-    }
-    Ok(())
-}
-
-fn layer_row(row: &dyn Cols) -> Result<(i64, LayerResult)> {
-    Ok((row.int("seq")?, layer_from_row(row)?))
 }
 
 pub(super) async fn settlement_by_key(
@@ -112,22 +91,10 @@ pub(super) async fn settlement_by_key(
         "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
          WHERE s.hospital_id = $1 AND s.claim_id = $2"
     );
-    let mut stored = db
-        .rows(&sql, vec![Val::Str(hospital), Val::Str(claim)], settlement_head)
+    let stored = db
+        .rows(&sql, vec![Val::Str(hospital), Val::Str(claim)], settlement_row)
         .await?;
-    let Some(seq) = stored.first().map(|s| s.seq) else {
-        return Ok(None);
-    };
-    stored.truncate(1);
-    let layers = db
-        .rows(
-            &format!("SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq = $1 ORDER BY layer_index"),
-            vec![Val::Int(seq)],
-            layer_row,
-        )
-        .await?;
-    attach_layers(&mut stored, layers)?;
-    Ok(stored.pop())
+    Ok(stored.into_iter().next())
 }
 
 /// The WHERE clause of a filter with its bound values, in order.
@@ -183,19 +150,7 @@ pub(super) async fn list_settlements(
         query = query.bind(v.clone());
     }
     let rows = query.bind(limit).fetch_all(pool).await?;
-    let mut stored = rows.iter().map(|r| settlement_head(r)).collect::<Result<Vec<_>>>()?;
-    if let (Some(first), Some(last)) = (stored.first(), stored.last()) {
-        let layers = sqlx::query(&format!(
-            "SELECT {LAYER_COLUMNS} FROM settlement_layers WHERE seq >= $1 AND seq <= $2 ORDER BY seq, layer_index"
-        ))
-        .bind(first.seq)
-        .bind(last.seq)
-        .fetch_all(pool)
-        .await?;
-        let layers = layers.iter().map(|r| layer_row(r)).collect::<Result<Vec<_>>>()?;
-        attach_layers(&mut stored, layers)?;
-    }
-    Ok(stored)
+    rows.iter().map(|r| settlement_row(r)).collect()
 }
 
 pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter) -> Result<SettlementTotals> {

@@ -1,0 +1,196 @@
+//! What a writer remembers of what it read and wrote, so that it need not read it again.
+//!
+//! - **Members** (categories, enrollments): a PostgreSQL writer keeps them for one transaction,
+//!   which reads them once to take its locks and again to settle; SQLite's single writer keeps them
+//!   across transactions.
+//! - **Accumulators and period totals** (SQLite only): the usage of every member it has read, in
+//!   every period, and each period's total paid by all members.
+//!
+//! The cache always equals the database as the writer's own transaction sees it:
+//! - every write of the writer updates it (usage, totals) or drops what it changed (members), at
+//!   once, so a later statement of the same transaction reads its own changes here too;
+//! - a rollback drops everything, since the writes it undoes were already applied here;
+//! - SQLite's `data_version` tells, at the start of each transaction, whether another connection
+//!   committed since (another process on the same file, or a repair by hand): then everything is
+//!   dropped. On PostgreSQL, where several writers and processes share the tables, nothing is kept
+//!   from one transaction to the next.
+//! - It holds at most [`CACHED_MEMBERS_MAX`] members; past that it starts empty again.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+
+use crate::domain::{Accumulators, BenefitCode, BenefitUsage, Member, MemberId, PeriodKey};
+
+/// Every stored usage of some members, as read from `accumulators`.
+pub(super) type StoredUsage = Vec<(MemberId, Vec<(PeriodKey, BenefitCode, BenefitUsage)>)>;
+
+/// Members (with their usage) a SQLite writer keeps at most: about 2 KiB each, so at most about
+/// 128 MiB.
+pub(super) const CACHED_MEMBERS_MAX: usize = 65_536;
+
+pub(super) struct WriterCache {
+    /// Kept from one transaction to the next (SQLite's single writer).
+    lasting: bool,
+    /// SQLite's `PRAGMA data_version` at the start of the current transaction.
+    data_version: Option<i64>,
+    members: HashMap<MemberId, Member>,
+    /// Every stored usage of each member held (an empty map: none stored).
+    usage: HashMap<MemberId, HashMap<(PeriodKey, BenefitCode), BenefitUsage>>,
+    /// Each period's total paid by all members.
+    period_paid: HashMap<PeriodKey, Decimal>,
+}
+
+impl WriterCache {
+    pub(super) fn new(lasting: bool) -> Self {
+        Self {
+            lasting,
+            data_version: None,
+            members: HashMap::new(),
+            usage: HashMap::new(),
+            period_paid: HashMap::new(),
+        }
+    }
+
+    pub(super) fn lasting(&self) -> bool {
+        self.lasting
+    }
+
+    fn clear(&mut self) {
+        self.members.clear();
+        self.usage.clear();
+        self.period_paid.clear();
+    }
+
+    /// At the start of a transaction, with SQLite's `data_version` (None on PostgreSQL).
+    pub(super) fn begin(&mut self, data_version: Option<i64>) {
+        let changed_elsewhere = data_version.is_none() || data_version != self.data_version;
+        if !self.lasting
+            || changed_elsewhere
+            || self.members.len() > CACHED_MEMBERS_MAX
+            || self.usage.len() > CACHED_MEMBERS_MAX
+        {
+            self.clear();
+        }
+        self.data_version = data_version;
+    }
+
+    /// The transaction was rolled back (or its commit failed): what it wrote here is undone by
+    /// dropping everything.
+    pub(super) fn rolled_back(&mut self) {
+        self.clear();
+        self.data_version = None;
+    }
+
+    /// The members held; the others must be read.
+    pub(super) fn members<'a>(&self, ids: &[&'a MemberId], found: &mut HashMap<MemberId, Member>) -> Vec<&'a MemberId> {
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.members.get(*id) {
+                Some(m) => {
+                    found.insert((*id).clone(), m.clone());
+                }
+                None => missing.push(*id),
+            }
+        }
+        missing
+    }
+
+    pub(super) fn keep_members<'a>(&mut self, members: impl IntoIterator<Item = &'a Member>) {
+        for m in members {
+            self.members.insert(m.id.clone(), m.clone());
+        }
+    }
+
+    /// These members' categories or enrollments changed.
+    pub(super) fn forget_members<'a>(&mut self, ids: impl IntoIterator<Item = &'a MemberId>) {
+        for id in ids {
+            self.members.remove(id);
+        }
+    }
+
+    /// Of `members` and `keys`, those whose usage or total is not held.
+    pub(super) fn missing_usage<'a>(
+        &self,
+        members: &[&'a MemberId],
+        keys: &'a [PeriodKey],
+    ) -> (Vec<&'a MemberId>, Vec<&'a PeriodKey>) {
+        let members = members
+            .iter()
+            .filter(|m| !self.usage.contains_key(**m))
+            .copied()
+            .collect();
+        let keys = keys.iter().filter(|k| !self.period_paid.contains_key(*k)).collect();
+        (members, keys)
+    }
+
+    /// Keeps what was read for `members` (all their stored usage; absent members have none) and
+    /// `keys` (absent periods have paid nothing).
+    pub(super) fn keep_usage(
+        &mut self,
+        members: &[&MemberId],
+        usage: StoredUsage,
+        keys: &[&PeriodKey],
+        totals: Vec<(PeriodKey, Decimal)>,
+    ) {
+        for m in members {
+            self.usage.entry((*m).clone()).or_default();
+        }
+        for (member, entries) in usage {
+            let held = self.usage.entry(member).or_default();
+            for (key, benefit, u) in entries {
+                held.insert((key, benefit), u);
+            }
+        }
+        for k in keys {
+            self.period_paid.entry((*k).clone()).or_default();
+        }
+        for (key, total) in totals {
+            self.period_paid.insert(key, total);
+        }
+    }
+
+    /// The book the engine reads for `members` in `keys`; every one of them must be held.
+    pub(super) fn book(&self, members: &[&MemberId], keys: &[PeriodKey]) -> Accumulators {
+        let mut acc = Accumulators::new();
+        for m in members {
+            if let Some(held) = self.usage.get(*m) {
+                for ((key, benefit), u) in held {
+                    if keys.contains(key) {
+                        acc.add(m, key, benefit, u);
+                    }
+                }
+            }
+        }
+        for key in keys {
+            let total = self.period_paid.get(key).copied().unwrap_or_default();
+            super::add_others_paid(&mut acc, key, total);
+        }
+        acc
+    }
+
+    /// The writer added `delta` to a member's usage (a held member only; the others are read
+    /// from the database, which has it).
+    pub(super) fn add_usage(
+        &mut self,
+        member: &MemberId,
+        key: &PeriodKey,
+        benefit: &BenefitCode,
+        delta: &BenefitUsage,
+    ) {
+        if let Some(held) = self.usage.get_mut(member) {
+            let entry = held.entry((key.clone(), benefit.clone())).or_default();
+            entry.add(delta);
+            if entry.is_zero() {
+                held.remove(&(key.clone(), benefit.clone()));
+            }
+        }
+    }
+
+    /// The writer added `paid` to a period's total paid.
+    pub(super) fn add_period_paid(&mut self, key: &PeriodKey, paid: Decimal) {
+        if let Some(total) = self.period_paid.get_mut(key) {
+            *total += paid;
+        }
+    }
+}
