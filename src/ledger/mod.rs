@@ -370,9 +370,9 @@ impl WriterTask {
         tracing::info!("ledger writer stopped");
     }
 
-    /// Pushes the new figures of every touched product period to `WatchLossRatio` subscribers and
-    /// the metrics gauges; one query.
-    async fn publish(&mut self, touched: &BTreeSet<PeriodKey>) {
+    /// Pushes the new figures of every touched product period to the metrics gauges and, with
+    /// `broadcast`, to `WatchLossRatio` subscribers; one query.
+    async fn publish(&mut self, touched: &BTreeSet<PeriodKey>, broadcast: bool) {
         if touched.is_empty() {
             return;
         }
@@ -381,7 +381,7 @@ impl WriterTask {
             Ok(rows) => {
                 for (key, figures, enrolled_members) in rows {
                     crate::telemetry::record_loss_ratio(&key, &figures);
-                    if self.loss_ratio.receiver_count() > 0 {
+                    if broadcast {
                         let _ = self.loss_ratio.send(LossRatioEvent {
                             key,
                             figures,
@@ -448,13 +448,21 @@ impl WriterTask {
             }
         }
         self.terms_rows += effects.terms_rows_added;
-        // The new figures go out before the replies (one query): a watcher sees a change no later
-        // than the caller who made it hears of it, and one who starts watching after a reply does
-        // not get that change again as if it were new.
-        self.publish(&touched).await;
+        // With watchers, the new figures go out before the replies (one query): a watcher sees a
+        // change no later than the caller who made it hears of it, and one who starts watching
+        // after a reply does not get that change again as if it were new. Without watchers the
+        // replies go first and the query only updates the gauges: one who starts watching now
+        // reads figures that already hold this batch's changes, and is not sent them again.
+        let watched = self.loss_ratio.receiver_count() > 0;
+        if watched {
+            self.publish(&touched, true).await;
+        }
         for (reply, answer) in answers {
             // A caller that went away (dropped stream) does not undo a committed settlement.
             let _ = reply.send(answer);
+        }
+        if !watched {
+            self.publish(&touched, false).await;
         }
     }
 
@@ -476,12 +484,12 @@ impl WriterTask {
         let exclusive = batch.iter().any(|c| matches!(c.request, Request::ApplyTerms(..)))
             || plan.as_ref().is_some_and(|p| p.first.len() > LOCKS_PER_BATCH_MAX);
         let mode = if exclusive { TxMode::Exclusive } else { TxMode::Shared };
-        self.writer.begin(mode).await?;
-        let stored_rows = self.writer.terms_count().await?;
-        if stored_rows != self.terms_rows {
-            // Another writer or process applied terms.
-            effects.catalogue = Some(self.writer.load_catalogue().await?);
-            effects.terms_rows_added = stored_rows - self.terms_rows;
+        if let Some(stored_rows) = self.writer.begin(mode).await? {
+            if stored_rows != self.terms_rows {
+                // Another writer or process applied terms.
+                effects.catalogue = Some(self.writer.load_catalogue().await?);
+                effects.terms_rows_added = stored_rows - self.terms_rows;
+            }
         }
         let shared = self.current_catalogue();
         if let (Some(plan), TxMode::Shared) = (plan, mode) {

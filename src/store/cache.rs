@@ -62,8 +62,9 @@ impl WriterCache {
         self.period_paid.clear();
     }
 
-    /// At the start of a transaction, with SQLite's `data_version` (None on PostgreSQL).
-    pub(super) fn begin(&mut self, data_version: Option<i64>) {
+    /// At the start of a transaction, with SQLite's `data_version` (None on PostgreSQL). Returns
+    /// whether another connection may have committed since this writer's last transaction.
+    pub(super) fn begin(&mut self, data_version: Option<i64>) -> bool {
         let changed_elsewhere = data_version.is_none() || data_version != self.data_version;
         if !self.lasting
             || changed_elsewhere
@@ -73,6 +74,7 @@ impl WriterCache {
             self.clear();
         }
         self.data_version = data_version;
+        changed_elsewhere
     }
 
     /// The transaction was rolled back (or its commit failed): what it wrote here is undone by

@@ -439,7 +439,12 @@ impl Writer {
     /// shared (or exclusive, to change terms) and then, through [`Writer::lock`], the locks of what it
     /// is about to read and change. Under READ COMMITTED every statement after a lock sees what the
     /// previous holder committed, so the result is that of a one-at-a-time order.
-    pub async fn begin(&mut self, mode: TxMode) -> Result<()> {
+    ///
+    /// Returns the number of terms versions stored when another writer may have changed it since
+    /// this writer's last transaction (read after the global lock, in the same round trip on
+    /// PostgreSQL), and None when none can have: SQLite's `data_version` shows that no other
+    /// connection committed.
+    pub async fn begin(&mut self, mode: TxMode) -> Result<Option<i64>> {
         self.held.clear();
         self.exclusive = mode == TxMode::Exclusive;
         match self.backend {
@@ -452,20 +457,32 @@ impl Writer {
                     .conn
                     .rows("PRAGMA data_version", Vec::new(), |r| r.int("data_version"))
                     .await?;
-                self.cache.begin(version.first().copied());
+                if self.cache.begin(version.first().copied()) {
+                    return Ok(Some(self.terms_count().await?));
+                }
+                Ok(None)
             }
             Backend::Postgres => {
                 self.cache.begin(None);
-                self.conn.run("BEGIN", Vec::new()).await?;
                 let function = match mode {
                     TxMode::Shared => "pg_advisory_xact_lock_shared",
                     TxMode::Exclusive => "pg_advisory_xact_lock",
                 };
-                let sql = format!("SELECT {function}({}, {})", LockKey::GLOBAL.space, LockKey::GLOBAL.hash);
-                self.conn.rows(&sql, Vec::new(), |_| Ok(())).await?;
+                // Three statements, one round trip (the simple query protocol; no value is bound).
+                // Under READ COMMITTED each statement has its own snapshot, so the count is read
+                // after the lock was granted and sees what the previous holder committed.
+                let sql = format!(
+                    "BEGIN; SELECT {function}({}, {}); SELECT COUNT(*) AS n FROM terms",
+                    LockKey::GLOBAL.space,
+                    LockKey::GLOBAL.hash
+                );
+                let Conn::Any(conn) = &mut self.conn else {
+                    return Err(corrupt("terms", "a PostgreSQL writer without its connection"));
+                };
+                let n = db::last_count(conn, &sql).await?;
+                Ok(Some(n))
             }
         }
-        Ok(())
     }
 
     /// Whether other writers run at the same time, so that [`Writer::lock`] matters.

@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod bench;
+mod cache;
 mod examples;
 mod health;
 mod idempotency;

@@ -218,6 +218,29 @@ pub async fn get_member(app: &TestApp, member: &str, as_of: &str) -> Result<prot
         .map(|r| r.into_inner())
 }
 
+/// SetCategory: `member` is `category` (domain spelling) from `date` on.
+pub async fn change_category(app: &TestApp, member: &str, category: &str, date: &str) -> Result<(), Status> {
+    app.members()
+        .await
+        .set_category(proto::SetCategoryRequest {
+            member_id: member.into(),
+            category: claims::api::convert::category_value(category).expect("category"),
+            effective_date: date.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// ApplyTerms of a TOML text; panics when the terms are refused.
+pub async fn apply_terms_text(app: &TestApp, toml: &str) -> proto::ApplyTermsResponse {
+    app.terms()
+        .await
+        .apply_terms(proto::TermsText { toml: toml.into() })
+        .await
+        .unwrap_or_else(|e| panic!("the terms apply: {e:?}"))
+        .into_inner()
+}
+
 /// The loss ratio of one product period.
 pub async fn loss_ratio(app: &TestApp, product: &str, period_start: &str) -> proto::LossRatio {
     let ratios = app

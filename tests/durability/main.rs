@@ -12,4 +12,5 @@ mod checkpoint;
 mod concurrency;
 mod crash;
 mod drain;
+mod migration;
 mod support;
