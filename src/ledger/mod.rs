@@ -20,6 +20,8 @@
 //! between transactions and checks SQLite's `data_version` at each one, so a change committed by
 //! any other connection empties it (`store::cache`). Either way a restart needs no warm-up.
 
+mod statistics;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -165,6 +167,7 @@ impl Ledger {
         let mut senders = Vec::with_capacity(writers);
         let mut tasks = Vec::with_capacity(writers);
         let mut first = Some(first);
+        let growth = Arc::new(statistics::GrowthTrigger::new());
         for _ in 0..writers {
             let writer = match first.take() {
                 Some(w) => w,
@@ -185,6 +188,7 @@ impl Ledger {
                     config.batch_max.max(1)
                 },
                 loss_ratio: loss_ratio.clone(),
+                growth: growth.clone(),
             };
             tasks.push(if blocking {
                 run_on_own_thread(task)?
@@ -347,6 +351,8 @@ struct WriterTask {
     terms_rows: i64,
     batch_max: usize,
     loss_ratio: broadcast::Sender<LossRatioEvent>,
+    /// Settlements committed by this process's writers, for the planner statistics (PostgreSQL).
+    growth: Arc<statistics::GrowthTrigger>,
 }
 
 /// What a batch changed, to publish after its commit.
@@ -448,6 +454,20 @@ impl WriterTask {
             }
         }
         self.terms_rows += effects.terms_rows_added;
+        if self.writer.concurrent() {
+            let settled = answers
+                .iter()
+                .filter(|(_, a)| matches!(a, Ok(Response::Settled(Settled { replay: false, .. }))))
+                .count();
+            if self.growth.add(settled as u64) {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.refresh_settlement_statistics().await {
+                        tracing::warn!(error = %e, "could not refresh the settlement tables' planner statistics");
+                    }
+                });
+            }
+        }
         // With watchers, the new figures go out before the replies (one query): a watcher sees a
         // change no later than the caller who made it hears of it, and one who starts watching
         // after a reply does not get that change again as if it were new. Without watchers the

@@ -282,6 +282,17 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes the planner statistics of the tables settling grows (PostgreSQL; see
+    /// `ledger::statistics`), and with them the plans of the writers' prepared statements.
+    pub async fn refresh_settlement_statistics(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            let mut conn = self.pool.acquire().await?;
+            conn.execute("ANALYZE settlements, reversals, accumulators, product_total_shards")
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

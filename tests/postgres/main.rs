@@ -353,3 +353,61 @@ async fn a_large_roster_import_refreshes_the_planner_statistics() {
     }
     app.stop().await;
 }
+
+/// Settling grows `settlements` and `accumulators` from nothing; where autovacuum is off (as here),
+/// only the ledger's own `ANALYZE` after 2,048 settlements (`ledger::statistics`) keeps the writers'
+/// prepared statements from running on plans made for empty tables.
+#[tokio::test]
+async fn settling_refreshes_the_planner_statistics_of_the_settlement_tables() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let members: Vec<String> = (0..200).map(|i| format!("G{i:04}")).collect();
+    let summary = enroll(
+        &app,
+        members
+            .iter()
+            .map(|m| row(m, "DIBAO", "2022-01-01", CIXI_2022[0], "2022-01-01"))
+            .collect(),
+    )
+    .await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let claims_of = |from: usize, to: usize| -> Vec<ClaimRequest> {
+        (from..to)
+            .map(|i| {
+                claim(
+                    "HG",
+                    &format!("G-{i}"),
+                    &members[i % members.len()],
+                    "2022-06-01",
+                    "OUTPATIENT",
+                    "",
+                    &[("IN_SCOPE", "120.00")],
+                    &[],
+                )
+            })
+            .collect()
+    };
+
+    let replies = settle_stream(&app, claims_of(0, 1_000)).await;
+    assert_eq!(replies.len(), 1_000);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !analyzed(&mut db, "settlements").await,
+        "1,000 settlements analyzed the settlement tables"
+    );
+
+    let replies = settle_stream(&app, claims_of(1_000, 2_100)).await;
+    assert!(replies.iter().all(|r| !settled(r).layers.is_empty()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for table in ["settlements", "accumulators", "product_total_shards"] {
+        while !analyzed(&mut db, table).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{table} not analyzed 30 s after 2,100 settlements"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    app.stop().await;
+}
