@@ -2,7 +2,7 @@
 //!
 //! sqlx keeps every statement prepared, and after five runs PostgreSQL may switch a prepared
 //! statement to a generic plan built from the statistics of that moment. Made while `settlements`
-//! and `accumulators` were nearly empty, such a plan scans them whole, and it stays until the
+//! and `member_usage` were nearly empty, such a plan scans them whole, and it stays until the
 //! statistics change. Autovacuum's `ANALYZE` would change them as the tables grow; where it is off
 //! (as on the build machine), nothing would. So the ledger runs `ANALYZE` itself, in the
 //! background, whenever the settlements this process committed pass a threshold that grows

@@ -3,8 +3,10 @@
 //! - **Members** (categories, enrollments): a PostgreSQL writer keeps them for one transaction,
 //!   which reads them once to take its locks and again to settle; SQLite's single writer keeps them
 //!   across transactions.
-//! - **Accumulators and period totals** (SQLite only): the usage of every member it has read, in
-//!   every period, and each period's total paid by all members.
+//! - **Accumulators**: the usage of every member it has read, in every period, which the writer
+//!   needs whole to rewrite the member's `member_usage` row; SQLite's writer keeps them across
+//!   transactions, PostgreSQL's for one (its member locks keep them from changing meanwhile).
+//! - **Period totals** (SQLite only): each period's total paid by all members.
 //!
 //! The cache always equals the database as the writer's own transaction sees it:
 //! - every write of the writer updates it (usage, totals) or drops what it changed (members), at
@@ -150,6 +152,30 @@ impl WriterCache {
         for (key, total) in totals {
             self.period_paid.insert(key, total);
         }
+    }
+
+    /// Of `members`, those whose usage is not held.
+    pub(super) fn missing_members_usage<'a>(&self, members: &[&'a MemberId]) -> Vec<&'a MemberId> {
+        members
+            .iter()
+            .filter(|m| !self.usage.contains_key(**m))
+            .copied()
+            .collect()
+    }
+
+    /// A held member's whole usage.
+    pub(super) fn usage_of(
+        &self,
+        member: &MemberId,
+    ) -> Option<impl Iterator<Item = (&PeriodKey, &BenefitCode, &BenefitUsage)>> {
+        self.usage
+            .get(member)
+            .map(|held| held.iter().map(|((k, b), u)| (k, b, u)))
+    }
+
+    /// Drops the period totals held (PostgreSQL, before each read: see `Writer::accumulators`).
+    pub(super) fn forget_totals(&mut self) {
+        self.period_paid.clear();
     }
 
     /// The book the engine reads for `members` in `keys`; every one of them must be held.

@@ -287,7 +287,7 @@ impl Store {
     pub async fn refresh_settlement_statistics(&self) -> Result<()> {
         if self.backend == Backend::Postgres {
             let mut conn = self.pool.acquire().await?;
-            conn.execute("ANALYZE settlements, reversals, accumulators, product_total_shards")
+            conn.execute("ANALYZE settlements, reversals, member_usage, product_total_shards")
                 .await?;
         }
         Ok(())
@@ -618,7 +618,9 @@ impl Writer {
     /// members (aggregate caps), as one in-memory book.
     pub async fn accumulators(&mut self, members: &[&MemberId], keys: &[PeriodKey]) -> Result<Accumulators> {
         if !self.cache.lasting() {
-            return load_accumulators(&mut self.conn, self.backend, members, keys).await;
+            // Other writers may change the totals of periods without an aggregate cap (which
+            // nobody locks) at any time: read them afresh. Members are locked: their usage holds.
+            self.cache.forget_totals();
         }
         let (members_missing, keys_missing) = self.cache.missing_usage(members, keys);
         let usage = if members_missing.is_empty() {
@@ -700,7 +702,8 @@ impl Writer {
     }
 
     /// Adds (`sign` 1) or takes back (-1) settlements' changes to the accumulators and their payouts
-    /// to the loss-ratio totals: one upsert for the accumulators and one for the totals.
+    /// to the loss-ratio totals: one upsert of each touched member's whole usage and one for the
+    /// totals.
     async fn add_to_running_figures(&mut self, settlements: &[&Settlement], sign: i64) -> Result<()> {
         let mut usage: BTreeMap<(&MemberId, &PeriodKey, &BenefitCode), BenefitUsage> = BTreeMap::new();
         let mut totals: BTreeMap<PeriodKey, (Decimal, i64)> = BTreeMap::new();
@@ -717,31 +720,38 @@ impl Writer {
                 t.1 += 1;
             }
         }
-        let usage: Vec<_> = usage.into_iter().collect();
-        for chunk in statement_chunks(&usage, self.conn.rows_per_statement()) {
-            let sql = self.upsert_adding(
-                "accumulators",
-                &["member_id", "product_code", "period_start", "benefit_code"],
-                &["deductible_used_fen", "band_position_fen", "paid_fen"],
-                chunk.len(),
-            );
-            let mut values = Vec::with_capacity(chunk.len() * 7);
-            for ((member, period, benefit), delta) in chunk {
-                values.extend([
-                    Val::Str(member.as_str()),
-                    Val::Str(period.product.as_str()),
-                    Val::Text(format_date(period.start)),
-                    Val::Str(benefit.as_str()),
-                    Val::Int(sign * fen(delta.deductible_used, "accumulators")?),
-                    Val::Int(sign * fen(delta.band_position, "accumulators")?),
-                    Val::Int(sign * fen(delta.paid, "accumulators")?),
-                ]);
-            }
-            self.conn.run(&sql, values).await?;
+        // Each member's row is written whole: its usage is read first where this writer does not
+        // hold it (a reversal, or a member the batch did not settle for), then changed here.
+        let mut members: Vec<&MemberId> = usage.keys().map(|(m, _, _)| *m).collect();
+        members.dedup();
+        let missing = self.cache.missing_members_usage(&members);
+        if !missing.is_empty() {
+            let stored = load_usage(&mut self.conn, self.backend, &missing).await?;
+            self.cache.keep_usage(&missing, stored, &[], Vec::new());
         }
         for ((member, period, benefit), delta) in &usage {
             let signed = if sign < 0 { delta.negated() } else { *delta };
             self.cache.add_usage(member, period, benefit, &signed);
+        }
+        let mut rows = Vec::with_capacity(members.len());
+        for member in &members {
+            let held = self
+                .cache
+                .usage_of(member)
+                .ok_or_else(|| corrupt("member_usage", "a member's usage was not read before its change"))?;
+            rows.push((*member, usage_json(held)?));
+        }
+        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
+            let sql = format!(
+                "INSERT INTO member_usage (member_id, usage) VALUES {} \
+                 ON CONFLICT (member_id) DO UPDATE SET usage = excluded.usage",
+                Params::new(self.backend).values(chunk.len(), 2)
+            );
+            let values = chunk
+                .iter()
+                .flat_map(|(m, json)| [Val::Str(m.as_str()), Val::Str(json.as_str())])
+                .collect();
+            self.conn.run(&sql, values).await?;
         }
         let mut deltas = BTreeMap::new();
         for (key, (paid, claims)) in totals {
@@ -1093,16 +1103,13 @@ fn add_others_paid(acc: &mut Accumulators, key: &PeriodKey, total: Decimal) {
     }
 }
 
-/// Every stored usage of `members`, in every product period, one row per member
-/// (`code@start@benefit=deductible/band/paid,...`). Members without any are absent.
+/// Every stored usage of `members`, in every product period: one `member_usage` row per member
+/// (see [`usage_json`]). Members without any are absent.
 async fn load_usage(db: &mut impl Db, backend: Backend, members: &[&MemberId]) -> Result<cache::StoredUsage> {
-    let agg = backend.string_agg();
     let mut found = Vec::with_capacity(members.len());
     for chunk in statement_chunks(members, db.rows_per_statement()) {
         let sql = format!(
-            "SELECT member_id, {agg}(product_code || '@' || period_start || '@' || benefit_code || '=' || \
-             CAST(deductible_used_fen AS TEXT) || '/' || CAST(band_position_fen AS TEXT) || '/' || \
-             CAST(paid_fen AS TEXT), ',') AS usage FROM accumulators WHERE member_id IN ({}) GROUP BY member_id",
+            "SELECT member_id, usage FROM member_usage WHERE member_id IN ({})",
             Params::new(backend).list(chunk.len())
         );
         let values = chunk.iter().map(|m| Val::Str(m.as_str())).collect();
@@ -1110,13 +1117,8 @@ async fn load_usage(db: &mut impl Db, backend: Backend, members: &[&MemberId]) -
             .rows(&sql, values, |r| Ok((r.text("member_id")?, r.text("usage")?)))
             .await?;
         for (member, usage) in rows {
-            let member = MemberId::parse(&member).map_err(|e| corrupt("accumulators", e))?;
-            let entries = usage
-                .split(',')
-                .filter(|i| !i.is_empty())
-                .map(parse_usage)
-                .collect::<Result<Vec<_>>>()?;
-            found.push((member, entries));
+            let member = MemberId::parse(&member).map_err(|e| corrupt("member_usage", e))?;
+            found.push((member, usage_from_json(&usage)?));
         }
     }
     Ok(found)
@@ -1160,28 +1162,63 @@ async fn load_period_paid(
     Ok(found)
 }
 
-fn parse_usage(item: &str) -> Result<(PeriodKey, BenefitCode, BenefitUsage)> {
-    let bad = || corrupt("accumulators", format!("{item:?}"));
-    let (key, figures) = item.split_once('=').ok_or_else(bad)?;
-    let mut parts = key.splitn(3, '@');
-    let (Some(code), Some(start), Some(benefit)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    let mut fen = figures
-        .splitn(3, '/')
-        .map(|f| f.parse::<i64>().map(from_fen).map_err(|_| bad()));
-    let (Some(deductible_used), Some(band_position), Some(paid)) = (fen.next(), fen.next(), fen.next()) else {
-        return Err(bad());
-    };
-    Ok((
-        period_key(code, start, "accumulators")?,
-        BenefitCode::parse(benefit).map_err(|e| corrupt("accumulators", e))?,
-        BenefitUsage {
-            deductible_used: deductible_used?,
-            band_position: band_position?,
-            paid: paid?,
-        },
-    ))
+/// One usage as stored in `member_usage.usage`: [product, period start, benefit, deductible used,
+/// band position, paid (fen)].
+type UsageJson<'a> = (
+    std::borrow::Cow<'a, str>,
+    std::borrow::Cow<'a, str>,
+    std::borrow::Cow<'a, str>,
+    i64,
+    i64,
+    i64,
+);
+
+/// A member's whole usage as the `member_usage.usage` column: a JSON array in key order, without
+/// the usages that came back to zero.
+pub(crate) fn usage_json<'a>(
+    usage: impl IntoIterator<Item = (&'a PeriodKey, &'a BenefitCode, &'a BenefitUsage)>,
+) -> Result<String> {
+    let t = "member_usage";
+    let mut rows = usage
+        .into_iter()
+        .filter(|(_, _, u)| !u.is_zero())
+        .map(|(key, benefit, u)| {
+            Ok::<(&PeriodKey, &BenefitCode, UsageJson<'_>), StoreError>((
+                key,
+                benefit,
+                (
+                    key.product.as_str().into(),
+                    format_date(key.start).into(),
+                    benefit.as_str().into(),
+                    fen(u.deductible_used, t)?,
+                    fen(u.band_position, t)?,
+                    fen(u.paid, t)?,
+                ),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let rows: Vec<UsageJson<'_>> = rows.into_iter().map(|(_, _, r)| r).collect();
+    serde_json::to_string(&rows).map_err(|e| corrupt(t, e.to_string()))
+}
+
+/// Reads the `member_usage.usage` column back.
+pub(crate) fn usage_from_json(text: &str) -> Result<Vec<(PeriodKey, BenefitCode, BenefitUsage)>> {
+    let t = "member_usage";
+    let rows: Vec<UsageJson<'_>> = serde_json::from_str(text).map_err(|e| corrupt(t, format!("usage: {e}")))?;
+    rows.into_iter()
+        .map(|(code, start, benefit, deductible_used, band_position, paid)| {
+            Ok((
+                period_key(&code, &start, t)?,
+                BenefitCode::parse(&benefit).map_err(|e| corrupt(t, e))?,
+                BenefitUsage {
+                    deductible_used: from_fen(deductible_used),
+                    band_position: from_fen(band_position),
+                    paid: from_fen(paid),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A layer as stored in `settlements.layers`: [product, period start, period end, terms version,

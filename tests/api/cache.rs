@@ -11,16 +11,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 use claims::api::convert::{category_text, draft_from_request};
-use claims::domain::{
-    format_date, AccumulatorChanges, AccumulatorView, Accumulators, Category, Claim, Member, MemberId, Money,
-};
+use claims::domain::{AccumulatorView, Category, Claim, Member, MemberId, Money};
 use claims::proto::{ClaimRequest, EnrollmentRow, StoredSettlement};
 use rust_decimal::Decimal;
 use sqlx::Connection;
 
-use crate::common::random::{date_in, fen_text, medical_amounts, MedicalAmounts, Odds, XorShift};
+use crate::common::products::{products_2024, AggregateCaps};
+use crate::common::random::{random_claim_2024, MedicalAmounts, Odds, XorShift};
 use crate::common::replay::{
-    accumulator_rows, catalogue_with, export_settlements, key_of, period, replay_one, AccKey, Key,
+    accumulator_money, accumulator_rows, accumulators_money, catalogue_with, export_settlements, key_of, period,
+    EventReplay, Key,
 };
 use crate::common::*;
 use crate::support::*;
@@ -67,20 +67,26 @@ async fn a_change_committed_by_another_connection_is_seen_by_the_next_claim() {
     // Another connection commits: C1's outpatient benefit has paid 18,500.00 (not 4,000.00); the
     // period's total paid moves with it, as the service keeps it.
     let mut db = connect_any(&app.database_url).await;
+    // A member's usage is one `member_usage` row (the `accumulators` view reads it): deductible
+    // used, band position and paid, in fen.
+    let stored: String = sqlx::query_scalar("SELECT usage FROM member_usage WHERE member_id = 'C1'")
+        .fetch_one(&mut db)
+        .await
+        .expect("C1's usage");
+    assert_eq!(
+        stored,
+        format!(r#"[["{MA}","{CIXI_START}","outpatient",0,500000,400000]]"#)
+    );
     let changed = execute(
         &mut db,
-        "UPDATE accumulators SET paid_fen = $1 WHERE member_id = $2 AND product_code = $3 AND period_start = $4 \
-         AND benefit_code = $5",
+        "UPDATE member_usage SET usage = $1 WHERE member_id = $2",
         &[
-            Bind::Int(1_850_000),
+            Bind::Text(&format!(r#"[["{MA}","{CIXI_START}","outpatient",0,500000,1850000]]"#)),
             Bind::Text("C1"),
-            Bind::Text(MA),
-            Bind::Text(CIXI_START),
-            Bind::Text("outpatient"),
         ],
     )
     .await;
-    assert_eq!(changed, 1, "C1's outpatient accumulator row exists");
+    assert_eq!(changed, 1, "C1's usage row exists");
     let changed = execute(
         &mut db,
         "UPDATE product_total_shards SET paid_fen = paid_fen + $1 WHERE product_code = $2 AND period_start = $3 \
@@ -189,145 +195,25 @@ async fn a_change_committed_by_another_connection_is_seen_by_the_next_claim() {
 
 const START: &str = "2024-01-01";
 
-/// examples/terms/cixi-medical-assistance_2022-01-01.toml moved to 2024, with per-claim caps, an
-/// inpatient annual cap and a product annual cap below the sum of the benefit caps.
-const ASSISTANCE: &str = r#"
-[product]
-code = "cache-assistance"
-name = "Medical assistance (cache test)"
-kind = "MEDICAL_ASSISTANCE"
-layer_order = 10
-period_start = "2024-01-01"
-period_end = "2024-12-31"
-premium_per_member = "0.00"
-eligible_categories = ["DESTITUTE", "DIBAO", "DIBAO_MARGINAL"]
-annual_cap = "5000.00"
-
-[[benefit]]
-code = "inpatient"
-visit_kinds = ["INPATIENT"]
-covers = ["IN_SCOPE"]
-deductible = "0"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "0.70" }]
-per_claim_cap = "1500.00"
-annual_cap = "4000.00"
-by_category.DIBAO = { bands = [{ from = "0", ratio = "0.80" }] }
-by_category.DESTITUTE = { bands = [{ from = "0", ratio = "1.00" }], annual_cap = "4500.00" }
-
-[[benefit]]
-code = "outpatient"
-visit_kinds = ["OUTPATIENT", "PHARMACY"]
-covers = ["IN_SCOPE"]
-deductible = "0"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "0.70" }]
-per_claim_cap = "300.00"
-annual_cap = "1200.00"
-by_category.DESTITUTE = { bands = [{ from = "0", ratio = "1.00" }] }
-"#;
-
-/// examples/terms/cixi-major-illness-topup_2022-01-01.toml moved to 2024, with a lower yearly
-/// deductible, caps and an aggregate cap.
-const TOPUP: &str = r#"
-[product]
-code = "cache-topup"
-name = "Major-illness top-up (cache test)"
-kind = "SUPPLEMENTARY_MEDICAL"
-layer_order = 20
-period_start = "2024-01-01"
-period_end = "2024-12-31"
-premium_per_member = "30.00"
-eligible_categories = ["DESTITUTE", "DIBAO", "DIBAO_MARGINAL"]
-aggregate_cap = "15000.00"
-
-[[benefit]]
-code = "topup"
-visit_kinds = ["INPATIENT", "OUTPATIENT", "PHARMACY"]
-covers = ["IN_SCOPE"]
-deductible = "2000.00"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "1.00" }]
-per_claim_cap = "2000.00"
-annual_cap = "6000.00"
-"#;
-
-/// examples/terms/cixi-tianyi-yongning-bao_2022-01-01.toml moved to 2024, also covering B_SELF_PAY,
-/// two designated hospitals, bands in the thousands, a product annual cap below the benefit's and an
-/// aggregate cap.
-const YONGNING: &str = r#"
-[product]
-code = "cache-yongning"
-name = "Inclusive commercial supplement (cache test)"
-kind = "INCLUSIVE_COMMERCIAL"
-layer_order = 30
-period_start = "2024-01-01"
-period_end = "2024-12-31"
-premium_per_member = "50.00"
-eligible_categories = ["DESTITUTE", "DIBAO", "DIBAO_MARGINAL"]
-designated_hospitals = ["H1", "H2"]
-annual_cap = "2800.00"
-aggregate_cap = "12000.00"
-
-[[benefit]]
-code = "beyond-catalogue"
-visit_kinds = ["INPATIENT", "OUTPATIENT", "PHARMACY"]
-covers = ["B_SELF_PAY", "OUT_OF_CATALOGUE"]
-deductible = "0"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "0.20" }, { from = "2000.00", ratio = "0.50" }, { from = "5000.00", ratio = "0.80" }]
-per_claim_cap = "800.00"
-annual_cap = "3000.00"
-"#;
-
-/// examples/terms/zhongning-anti-poverty_2020-04-26.toml moved to 2024, with smaller deductibles,
-/// per-claim and annual caps and an aggregate cap.
-const ANTI_POVERTY: &str = r#"
-[product]
-code = "cache-anti-poverty"
-name = "Anti-poverty insurance (cache test)"
-kind = "ANTI_POVERTY"
-layer_order = 50
-period_start = "2024-01-01"
-period_end = "2024-12-31"
-premium_per_member = "60.00"
-eligible_categories = ["AT_RISK", "UNSTABLE_EXIT"]
-aggregate_cap = "12000.00"
-
-[[benefit]]
-code = "illness"
-visit_kinds = ["INPATIENT", "OUTPATIENT", "PHARMACY"]
-causes = ["ILLNESS", "ACCIDENT", "DISASTER"]
-covers = ["IN_SCOPE", "B_SELF_PAY", "OUT_OF_CATALOGUE"]
-deductible = "3000.00"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "0.50" }, { from = "5000.00", ratio = "0.60" }, { from = "10000.00", ratio = "0.70" }]
-per_claim_cap = "2500.00"
-annual_cap = "8000.00"
-
-[[benefit]]
-code = "education"
-visit_kinds = ["NON_MEDICAL"]
-causes = ["EDUCATION"]
-covers = ["OTHER_LOSS"]
-deductible = "1000.00"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "0.50" }]
-annual_cap = "1500.00"
-
-[[benefit]]
-code = "disaster"
-visit_kinds = ["NON_MEDICAL"]
-causes = ["DISASTER", "ACCIDENT"]
-covers = ["OTHER_LOSS"]
-deductible = "2000.00"
-deductible_basis = "YEAR"
-bands = [{ from = "0", ratio = "0.60" }]
-annual_cap = "6000.00"
-"#;
-
-/// Applied through ApplyTerms, in this order, after the example terms.
-const EXTRA_TERMS: [&str; 4] = [ASSISTANCE, TOPUP, YONGNING, ANTI_POVERTY];
+/// The 2024 test products but the stop-loss, applied through ApplyTerms, in this order, after the
+/// example terms.
+fn extra_terms() -> [String; 4] {
+    let products = products_2024(
+        "cache",
+        "cache test",
+        AggregateCaps {
+            topup: "15000.00",
+            yongning: "12000.00",
+            anti_poverty: "12000.00",
+        },
+    );
+    [
+        products.assistance,
+        products.topup,
+        products.yongning,
+        products.anti_poverty,
+    ]
+}
 const C_ASSISTANCE: &str = "cache-assistance";
 const C_TOPUP: &str = "cache-topup";
 const C_YONGNING: &str = "cache-yongning";
@@ -462,44 +348,14 @@ const AMOUNTS: MedicalAmounts = MedicalAmounts {
     non_compliant: (Odds::OneIn(5), 100..=20_000),
 };
 
-/// A random claim of 2024: mostly inpatient, some outpatient and pharmacy, a few non-medical losses
-/// (education, disaster) for the anti-poverty layer; two thirds of them for the hot members.
+/// A random claim of 2024 ([`random_claim_2024`]), two thirds of them for the hot members.
 fn random_claim(rng: &mut XorShift, id: &str) -> ClaimRequest {
     let member = if rng.below(3) < 2 {
         member_id(rng.below(HOT_MEMBERS))
     } else {
         member_id(rng.below(MEMBERS))
     };
-    let hospital = *rng.pick(&["H1", "H2", "H3"]);
-    let date = date_in(rng, 2024);
-    let roll = rng.below(100);
-    if roll < 8 {
-        let cause = if roll < 4 {
-            "EDUCATION"
-        } else {
-            *rng.pick(&["DISASTER", "ACCIDENT"])
-        };
-        let loss = fen_text(rng.between(50_000, 800_000));
-        return claim(
-            hospital,
-            id,
-            &member,
-            &date,
-            "NON_MEDICAL",
-            cause,
-            &[("OTHER_LOSS", loss)],
-            &[],
-        );
-    }
-    let inpatient = roll < 60;
-    let visit = match roll {
-        8..=59 => "INPATIENT",
-        60..=84 => *rng.pick(&["OUTPATIENT/GENERAL", "OUTPATIENT/CHRONIC", "OUTPATIENT/ACUTE"]),
-        _ => "PHARMACY",
-    };
-    let cause = *rng.pick(&["", "ILLNESS", "ACCIDENT"]);
-    let (lines, upstream) = medical_amounts(rng, inpatient, &AMOUNTS);
-    claim(hospital, id, &member, &date, visit, cause, &lines, &upstream)
+    random_claim_2024(rng, id, &member, &AMOUNTS)
 }
 
 /// What the test did, in order: the events replayed.
@@ -511,9 +367,6 @@ enum Event {
     },
     Reversed(Key),
 }
-
-/// Accumulators by (member, product, period start, benefit): (deductible used, band position, paid).
-type AccumulatorMoney = BTreeMap<AccKey, (Decimal, Decimal, Decimal)>;
 
 fn stored_key(s: &StoredSettlement) -> Key {
     let b = inner(s);
@@ -533,7 +386,8 @@ fn stored_key(s: &StoredSettlement) -> Key {
 #[tokio::test]
 async fn settlements_after_reversals_and_enrollment_changes_equal_a_replay() {
     let app = spawn_app().await;
-    for toml in EXTRA_TERMS {
+    let extra_terms = extra_terms();
+    for toml in &extra_terms {
         let applied = apply_terms_text(&app, toml).await;
         assert_eq!(applied.version, 1, "{}", applied.product_code);
     }
@@ -632,9 +486,9 @@ async fn settlements_after_reversals_and_enrollment_changes_equal_a_replay() {
     }
 
     // Replay every event on fresh accumulators.
-    let catalogue = catalogue_with(&EXTRA_TERMS);
-    let mut acc = Accumulators::new();
-    let mut changes: HashMap<Key, AccumulatorChanges> = HashMap::new();
+    let extra_terms: Vec<&str> = extra_terms.iter().map(String::as_str).collect();
+    let catalogue = catalogue_with(&extra_terms);
+    let mut replay = EventReplay::new(&catalogue);
     let mut cuts: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut last_phase_seq = 0;
     for event in &events {
@@ -650,39 +504,25 @@ async fn settlements_after_reversals_and_enrollment_changes_equal_a_replay() {
                         s.sequence
                     );
                     phase_seq = phase_seq.max(s.sequence);
-                    let key = stored_key(s);
-                    let request = &requests[&key];
+                    let request = &requests[&stored_key(s)];
                     let claim = Claim::parse(&draft_from_request(request)).expect("the sent claim is valid");
                     let member = members
                         .0
                         .get(&request.member_id)
                         .unwrap_or_else(|| panic!("unknown member {}", request.member_id));
-                    let replayed = replay_one(
-                        &catalogue,
-                        member,
-                        &claim,
-                        &acc,
-                        s.settlement.as_ref(),
-                        s.sequence,
-                        &key,
-                    );
-                    acc.apply(&replayed.changes);
+                    let replayed = replay.settle(member, &claim, s, |_, _| {});
                     for r in replayed.layers.iter().flat_map(|l| &l.reasons) {
                         if r.as_str().starts_with("CAP_") {
                             *cuts.entry(r.as_str()).or_default() += 1;
                         }
                     }
-                    changes.insert(key, replayed.changes);
                     settled += 1;
                 }
                 assert_eq!(settled, keys.len(), "phase {phase}: every claim stored");
                 last_phase_seq = phase_seq;
             }
             Event::Reversed(key) => {
-                let c = changes
-                    .get(key)
-                    .unwrap_or_else(|| panic!("{key:?} reversed before it was settled"));
-                acc.apply(&c.negated());
+                assert!(replay.reverse(key), "{key:?} reversed before it was settled");
             }
         }
     }
@@ -699,27 +539,10 @@ async fn settlements_after_reversals_and_enrollment_changes_equal_a_replay() {
     }
 
     // The accumulators table and the loss ratios are the replay's.
-    let table: AccumulatorMoney = accumulator_rows(&app.database_url)
-        .await
-        .into_iter()
-        .map(|(k, (d, b, p))| (k, (Decimal::new(d, 2), Decimal::new(b, 2), Decimal::new(p, 2))))
-        .collect();
-    let replayed: AccumulatorMoney = acc
-        .benefit_entries()
-        .map(|(m, p, b, u)| {
-            (
-                (
-                    m.to_string(),
-                    p.product.to_string(),
-                    format_date(p.start),
-                    b.to_string(),
-                ),
-                (u.deductible_used, u.band_position, u.paid),
-            )
-        })
-        .collect();
+    let acc = &replay.acc;
     assert_eq!(
-        table, replayed,
+        accumulator_money(&app.database_url).await,
+        accumulators_money(acc),
         "accumulators (deductible used, band position, paid): table and replay"
     );
     for code in CODES {

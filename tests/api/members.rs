@@ -41,18 +41,6 @@ fn fields_of(summary: &proto::EnrollSummary, row: u64) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn set_category(app: &TestApp, member: &str, category: &str, date: &str) -> Result<(), tonic::Status> {
-    app.members()
-        .await
-        .set_category(proto::SetCategoryRequest {
-            member_id: member.into(),
-            category: claims::api::convert::category_value(category).expect("category"),
-            effective_date: date.into(),
-        })
-        .await
-        .map(|_| ())
-}
-
 #[tokio::test]
 async fn enroll_reports_bad_rows_by_number_and_imports_the_rest() {
     let app = spawn_app().await;
@@ -147,7 +135,9 @@ async fn enroll_reports_bad_rows_by_number_and_imports_the_rest() {
 async fn a_category_change_applies_to_claims_by_service_date() {
     let app = spawn_app().await;
     enroll_cixi(&app, "M1", "DIBAO").await;
-    set_category(&app, "M1", "GENERAL", "2022-07-01").await.expect("sets");
+    change_category(&app, "M1", "GENERAL", "2022-07-01")
+        .await
+        .expect("sets");
 
     let inpatient =
         |id: &str, date: &str| claim("H1", id, "M1", date, "INPATIENT", "", &[("IN_SCOPE", "1000.00")], &[]);
@@ -164,7 +154,9 @@ async fn a_category_change_applies_to_claims_by_service_date() {
     assert_totals(s, "1000.00", "0.00", "0.00", "1000.00");
 
     // A later change with the same effective date replaces the earlier one.
-    set_category(&app, "M1", "DESTITUTE", "2022-07-01").await.expect("sets");
+    change_category(&app, "M1", "DESTITUTE", "2022-07-01")
+        .await
+        .expect("sets");
     let (replaced, _) = settle_one(&app, inpatient("K-3", "2022-07-02")).await;
     assert_eq!(category_name(inner(&replaced).category), "DESTITUTE");
     assert_layer(inner(&replaced), MA, "inpatient", "1000.00", "0.00", "1000.00", &[]);
@@ -191,15 +183,15 @@ async fn a_category_change_applies_to_claims_by_service_date() {
 
     // Refusals.
     let before = app.db_fingerprint().await;
-    let status = set_category(&app, "M404", "DIBAO", "2022-01-01")
+    let status = change_category(&app, "M404", "DIBAO", "2022-01-01")
         .await
         .expect_err("unknown");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    let status = set_category(&app, "M1", "", "2022-01-01")
+    let status = change_category(&app, "M1", "", "2022-01-01")
         .await
         .expect_err("no category");
     assert_refused_with_field(&status, Code::InvalidArgument, "category");
-    let status = set_category(&app, "M1", "DIBAO", "2022-02-30")
+    let status = change_category(&app, "M1", "DIBAO", "2022-02-30")
         .await
         .expect_err("bad date");
     assert_refused_with_field(&status, Code::InvalidArgument, "effective_date");

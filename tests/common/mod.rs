@@ -24,6 +24,7 @@ use sqlx::{AnyConnection, Connection, Executor, PgConnection, Row};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+pub mod products;
 pub mod random;
 pub mod replay;
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use claims::proto::ClaimRequest;
 use tokio::sync::mpsc;
 
+use super::claim;
+
 /// xorshift64: a few lines instead of a dependency; the same seed gives the same claims.
 pub struct XorShift(u64);
 
@@ -119,6 +121,42 @@ pub fn medical_amounts(rng: &mut XorShift, inpatient: bool, amounts: &MedicalAmo
         upstream.push(("CRITICAL_ILLNESS", fen_text(critical)));
     }
     (lines, upstream)
+}
+
+/// A random claim of 2024 for the 2024 test products ([`crate::common::products`]) of `member`:
+/// mostly inpatient, some outpatient and pharmacy, a few non-medical losses (education, disaster)
+/// for the anti-poverty layer; the medical amounts from `amounts`.
+pub fn random_claim_2024(rng: &mut XorShift, id: &str, member: &str, amounts: &MedicalAmounts) -> ClaimRequest {
+    let hospital = *rng.pick(&["H1", "H2", "H3"]);
+    let date = date_in(rng, 2024);
+    let roll = rng.below(100);
+    if roll < 8 {
+        let cause = if roll < 4 {
+            "EDUCATION"
+        } else {
+            *rng.pick(&["DISASTER", "ACCIDENT"])
+        };
+        let loss = fen_text(rng.between(50_000, 800_000));
+        return claim(
+            hospital,
+            id,
+            member,
+            &date,
+            "NON_MEDICAL",
+            cause,
+            &[("OTHER_LOSS", loss)],
+            &[],
+        );
+    }
+    let inpatient = roll < 60;
+    let visit = match roll {
+        8..=59 => "INPATIENT",
+        60..=84 => *rng.pick(&["OUTPATIENT/GENERAL", "OUTPATIENT/CHRONIC", "OUTPATIENT/ACUTE"]),
+        _ => "PHARMACY",
+    };
+    let cause = *rng.pick(&["", "ILLNESS", "ACCIDENT"]);
+    let (lines, upstream) = medical_amounts(rng, inpatient, amounts);
+    claim(hospital, id, member, &date, visit, cause, &lines, &upstream)
 }
 
 /// Sends `claims` into a Settle stream in bursts of 1-8 with pauses of 0-2 ms drawn from `rng`, so

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use claims::api::convert::{draft_from_request, settlement_to_proto};
-use claims::domain::{self, parse_date, Accumulators, Catalogue, Category, Claim, Member, MemberId, Money, PeriodKey};
+use claims::domain::{
+    self, format_date, parse_date, AccumulatorChanges, Accumulators, Catalogue, Category, Claim, Member, MemberId,
+    Money, PeriodKey,
+};
 use claims::domain::{ProductCode, Terms};
 use claims::proto::report_service_client::ReportServiceClient;
 use claims::proto::settlement_reply::Result as ReplyResult;
@@ -170,6 +173,104 @@ pub fn replay(
 
 /// Accumulator key: member, product, period start, benefit.
 pub type AccKey = (String, String, String, String);
+
+/// Accumulators by (member, product, period start, benefit): (deductible used, band position, paid),
+/// in money.
+pub type AccumulatorMoney = BTreeMap<AccKey, (Decimal, Decimal, Decimal)>;
+
+/// [`accumulator_rows`] of the database at `database_url`, in money.
+pub async fn accumulator_money(database_url: &str) -> AccumulatorMoney {
+    accumulator_rows(database_url)
+        .await
+        .into_iter()
+        .map(|(k, (deductible, band, paid))| {
+            (
+                k,
+                (
+                    Decimal::new(deductible, 2),
+                    Decimal::new(band, 2),
+                    Decimal::new(paid, 2),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The benefit accumulators of `acc`, as [`accumulator_money`] reads them from the database.
+pub fn accumulators_money(acc: &Accumulators) -> AccumulatorMoney {
+    acc.benefit_entries()
+        .map(|(m, p, b, u)| {
+            (
+                (
+                    m.to_string(),
+                    p.product.to_string(),
+                    format_date(p.start),
+                    b.to_string(),
+                ),
+                (u.deductible_used, u.band_position, u.paid),
+            )
+        })
+        .collect()
+}
+
+/// The events of a test (settlements and reversals) replayed in order on fresh accumulators: each
+/// settlement through the engine ([`replay_one`]), its changes applied; a reversal takes back the
+/// changes of its settlement.
+pub struct EventReplay<'a> {
+    catalogue: &'a Catalogue,
+    /// The accumulators after the events replayed so far.
+    pub acc: Accumulators,
+    changes: HashMap<Key, AccumulatorChanges>,
+}
+
+impl<'a> EventReplay<'a> {
+    pub fn new(catalogue: &'a Catalogue) -> Self {
+        Self {
+            catalogue,
+            acc: Accumulators::new(),
+            changes: HashMap::new(),
+        }
+    }
+
+    /// Settles `claim` of `member` through the engine on the accumulators as they are and asserts
+    /// that the result is `stored`; hands the engine's settlement and the accumulators before it to
+    /// `before_apply`, then applies the settlement's changes. Returns the engine's settlement.
+    pub fn settle(
+        &mut self,
+        member: &Member,
+        claim: &Claim,
+        stored: &StoredSettlement,
+        before_apply: impl FnOnce(&domain::Settlement, &Accumulators),
+    ) -> domain::Settlement {
+        let body = body(stored);
+        let key = (body.hospital_id.clone(), body.claim_id.clone());
+        let replayed = replay_one(
+            self.catalogue,
+            member,
+            claim,
+            &self.acc,
+            Some(body),
+            stored.sequence,
+            &key,
+        );
+        before_apply(&replayed, &self.acc);
+        self.acc.apply(&replayed.changes);
+        self.changes.insert(key, replayed.changes.clone());
+        replayed
+    }
+
+    /// Takes back the changes of the settlement of `key`; false when it was not replayed.
+    #[must_use]
+    pub fn reverse(&mut self, key: &Key) -> bool {
+        match self.changes.get(key) {
+            Some(changes) => {
+                self.acc.apply(&changes.negated());
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The rows of the accumulators table of the database at `database_url` that are not all zero:
 /// (deductible used, band position, paid) in fen.

@@ -1,8 +1,9 @@
 //! Migration 0004 moves every settlement's layers from rows of `settlement_layers` into the
 //! settlement's own `layers` column (`settlement_layers` becomes a view) and, on SQLite, rebuilds
-//! `accumulators`, `member_categories` and `enrollments` WITHOUT ROWID. A database written under
-//! migrations 0001-0003 must come back from it with every settlement, layer and running figure as it
-//! was. Runs on the backend `CLAIMS_TEST_BACKEND` names (see tests/common).
+//! `accumulators`, `member_categories` and `enrollments` WITHOUT ROWID; migration 0005 then moves
+//! each member's accumulators into one `member_usage` row (`accumulators` becomes a view). A
+//! database written under migrations 0001-0003 must come back from them with every settlement,
+//! layer and running figure as it was. Runs on the backend `CLAIMS_TEST_BACKEND` names (see tests/common).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -16,8 +17,8 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use crate::common::replay::{accumulator_rows, catalogue_with, period, AccKey};
 use crate::common::{
-    backend, claim, connect_any, db_fingerprint, drop_test_database, examples_dir, fresh_database_url, spawn_app_with,
-    Backend, TestApp,
+    backend, claim, claim_a1, claim_a2, claim_a3, connect_any, db_fingerprint, drop_test_database, examples_dir,
+    fresh_database_url, spawn_app_with, Backend, TestApp,
 };
 
 const CIXI: &str = "2022-01-01";
@@ -89,21 +90,7 @@ enum Old {
 fn old_events() -> Vec<Old> {
     vec![
         // Worked example A's H1-0001: five layers (the farmer insurance between Tianyi and the stop-loss).
-        Old::Settle(claim(
-            "H1",
-            "OLD-1",
-            "M1",
-            "2022-03-10",
-            "INPATIENT",
-            "",
-            &[
-                ("IN_SCOPE", "80000.00"),
-                ("B_SELF_PAY", "6000.00"),
-                ("OUT_OF_CATALOGUE", "30000.00"),
-                ("NON_COMPLIANT", "500.00"),
-            ],
-            &[("BASIC", "48000.00"), ("CRITICAL_ILLNESS", "12000.00")],
-        )),
+        Old::Settle(claim_a1("H1", "OLD-1")),
         // A non-medical loss: the medical layers match no benefit (a NULL benefit_code), the
         // farmer insurance's accident-loss benefit pays.
         Old::Settle(claim(
@@ -116,26 +103,13 @@ fn old_events() -> Vec<Old> {
             &[("OTHER_LOSS", "3000.00")],
             &[],
         )),
-        Old::Settle(claim(
-            "H2",
-            "OLD-3",
-            "M2",
-            "2022-05-03",
-            "OUTPATIENT",
-            "",
-            &[("IN_SCOPE", "20000.00"), ("OUT_OF_CATALOGUE", "1234.56")],
-            &[("BASIC", "8000.00")],
-        )),
-        Old::Settle(claim(
-            "H1",
-            "OLD-4",
-            "M1",
-            "2022-04-02",
-            "OUTPATIENT/CHRONIC",
-            "",
-            &[("IN_SCOPE", "30000.00")],
-            &[("BASIC", "15000.00")],
-        )),
+        // Worked example A's H1-0003, for M2.
+        Old::Settle(ClaimRequest {
+            member_id: "M2".into(),
+            ..claim_a3("H2", "OLD-3")
+        }),
+        // Worked example A's H1-0002.
+        Old::Settle(claim_a2("H1", "OLD-4")),
         Old::Reverse("OLD-4"),
         // M1 is GENERAL by then: every layer CATEGORY_NOT_ELIGIBLE, without a benefit.
         Old::Settle(claim(
@@ -501,9 +475,9 @@ async fn settlements_stored_before_migration_0004_keep_their_layers() {
         .iter()
         .map(|r| r.get::<i64, _>(0))
         .collect();
-    assert_eq!(applied, [1, 2, 3, 4], "the service applied 0004");
+    assert_eq!(applied, [1, 2, 3, 4, 5], "the service applied 0004 and 0005");
     if backend() == Backend::Sqlite {
-        for table in ["accumulators", "member_categories", "enrollments"] {
+        for table in ["member_usage", "member_categories", "enrollments"] {
             let sql: String = sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = $1")
                 .bind(table)
                 .fetch_one(&mut db)

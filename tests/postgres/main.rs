@@ -298,9 +298,6 @@ async fn two_servers_on_one_database_give_a_one_at_a_time_result() {
     b.stop().await;
 }
 
-/// A roster import of 10,000 rows or more refreshes PostgreSQL's planner statistics of the member
-/// tables (`Store::refresh_statistics`), in the background once the import is committed; a small
-/// one leaves them alone.
 /// Whether `table` has been analyzed by an `ANALYZE` (not autovacuum's) since the database was made.
 async fn analyzed(db: &mut sqlx::PgConnection, table: &str) -> bool {
     sqlx::query("SELECT last_analyze IS NOT NULL AS done FROM pg_stat_user_tables WHERE relname = $1")
@@ -311,6 +308,24 @@ async fn analyzed(db: &mut sqlx::PgConnection, table: &str) -> bool {
         .get("done")
 }
 
+/// Waits until every one of `tables` is analyzed; fails when one is not 30 s later (`after` says
+/// after what).
+async fn wait_analyzed(db: &mut sqlx::PgConnection, tables: &[&str], after: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for table in tables {
+        while !analyzed(db, table).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{table} not analyzed 30 s after {after}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A roster import of 10,000 rows or more refreshes PostgreSQL's planner statistics of the member
+/// tables (`Store::refresh_statistics`), in the background once the import is committed; a small
+/// one leaves them alone.
 #[tokio::test]
 async fn a_large_roster_import_refreshes_the_planner_statistics() {
     let url = fresh_database().await;
@@ -341,20 +356,11 @@ async fn a_large_roster_import_refreshes_the_planner_statistics() {
         })
         .collect();
     assert_eq!(enroll(&app, large).await.rows_accepted, 10_000);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    for table in ["members", "member_categories", "enrollments"] {
-        while !analyzed(&mut db, table).await {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{table} not analyzed 30 s after the import"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
+    wait_analyzed(&mut db, &["members", "member_categories", "enrollments"], "the import").await;
     app.stop().await;
 }
 
-/// Settling grows `settlements` and `accumulators` from nothing; where autovacuum is off (as here),
+/// Settling grows `settlements` and `member_usage` from nothing; where autovacuum is off (as here),
 /// only the ledger's own `ANALYZE` after 2,048 settlements (`ledger::statistics`) keeps the writers'
 /// prepared statements from running on plans made for empty tables.
 #[tokio::test]
@@ -399,15 +405,11 @@ async fn settling_refreshes_the_planner_statistics_of_the_settlement_tables() {
 
     let replies = settle_stream(&app, claims_of(1_000, 2_100)).await;
     assert!(replies.iter().all(|r| !settled(r).layers.is_empty()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    for table in ["settlements", "accumulators", "product_total_shards"] {
-        while !analyzed(&mut db, table).await {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{table} not analyzed 30 s after 2,100 settlements"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
+    wait_analyzed(
+        &mut db,
+        &["settlements", "member_usage", "product_total_shards"],
+        "2,100 settlements",
+    )
+    .await;
     app.stop().await;
 }
