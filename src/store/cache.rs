@@ -119,13 +119,8 @@ impl WriterCache {
         members: &[&'a MemberId],
         keys: &'a [PeriodKey],
     ) -> (Vec<&'a MemberId>, Vec<&'a PeriodKey>) {
-        let members = members
-            .iter()
-            .filter(|m| !self.usage.contains_key(**m))
-            .copied()
-            .collect();
         let keys = keys.iter().filter(|k| !self.period_paid.contains_key(*k)).collect();
-        (members, keys)
+        (self.missing_members_usage(members), keys)
     }
 
     /// Keeps what was read for `members` (all their stored usage; absent members have none) and
