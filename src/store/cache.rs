@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
-use crate::domain::{Accumulators, BenefitCode, BenefitUsage, Member, MemberId, PeriodKey};
+use crate::domain::{AccumulatorView, Accumulators, BenefitCode, BenefitUsage, Member, MemberId, PeriodKey};
 
 /// Every stored usage of some members, as read from `accumulators`.
 pub(super) type StoredUsage = Vec<(MemberId, Vec<(PeriodKey, BenefitCode, BenefitUsage)>)>;
@@ -187,7 +187,12 @@ impl WriterCache {
         }
         for key in keys {
             let total = self.period_paid.get(key).copied().unwrap_or_default();
-            super::add_others_paid(&mut acc, key, total);
+            // Other members' payouts count towards aggregate caps: the period's total less the
+            // part of the members in the book.
+            let loaded = acc.aggregate_paid(key);
+            if total != loaded {
+                acc.add_period_paid(key, total - loaded);
+            }
         }
         acc
     }

@@ -1069,38 +1069,19 @@ pub(crate) fn period_key(code: &str, start: &str, table: &'static str) -> Result
 }
 
 /// The usage of `members` in `keys`, plus each period's total paid by all members, as an in-memory
-/// book the engine reads.
+/// book the engine reads: the writer's cache, filled for this once.
 async fn load_accumulators(
     db: &mut impl Db,
     backend: Backend,
     members: &[&MemberId],
     keys: &[PeriodKey],
 ) -> Result<Accumulators> {
-    let mut acc = Accumulators::new();
-    if keys.is_empty() || members.is_empty() {
-        return Ok(acc);
-    }
-    for (member, entries) in load_usage(db, backend, members).await? {
-        for (key, benefit, usage) in entries {
-            if keys.contains(&key) {
-                acc.add(&member, &key, &benefit, &usage);
-            }
-        }
-    }
-    let keys: Vec<&PeriodKey> = keys.iter().collect();
-    for (key, total) in load_period_paid(db, backend, &keys).await? {
-        add_others_paid(&mut acc, &key, total);
-    }
-    Ok(acc)
-}
-
-/// Other members' payouts count towards aggregate caps: the period's stored total less the part of
-/// the members in the book.
-fn add_others_paid(acc: &mut Accumulators, key: &PeriodKey, total: Decimal) {
-    let loaded = crate::domain::AccumulatorView::aggregate_paid(acc, key);
-    if total != loaded {
-        acc.add_period_paid(key, total - loaded);
-    }
+    let usage = load_usage(db, backend, members).await?;
+    let key_refs: Vec<&PeriodKey> = keys.iter().collect();
+    let totals = load_period_paid(db, backend, &key_refs).await?;
+    let mut once = cache::WriterCache::new(false);
+    once.keep_usage(members, usage, &key_refs, totals);
+    Ok(once.book(members, keys))
 }
 
 /// Every stored usage of `members`, in every product period: one `member_usage` row per member
