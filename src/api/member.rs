@@ -169,12 +169,9 @@ impl MemberService for MemberApi {
             // A large import changes the tables the writer reads for every claim; their planner
             // statistics are refreshed now rather than whenever autovacuum gets to it (or never,
             // where it is off), in the background: the import is committed already.
-            let store = self.ledger.store().clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.refresh_statistics().await {
-                    tracing::warn!(error = %e, "could not refresh planner statistics after a roster import");
-                }
-            });
+            self.ledger
+                .store()
+                .refresh_statistics_in_background(crate::store::StatisticsOf::Members);
         }
         Ok(Response::new(summary))
     }

@@ -460,12 +460,8 @@ impl WriterTask {
                 .filter(|(_, a)| matches!(a, Ok(Response::Settled(Settled { replay: false, .. }))))
                 .count();
             if self.growth.add(settled as u64) {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store.refresh_settlement_statistics().await {
-                        tracing::warn!(error = %e, "could not refresh the settlement tables' planner statistics");
-                    }
-                });
+                self.store
+                    .refresh_statistics_in_background(crate::store::StatisticsOf::Settlements);
             }
         }
         // With watchers, the new figures go out before the replies (one query): a watcher sees a

@@ -268,29 +268,28 @@ impl Store {
         })
     }
 
-    /// Refreshes the planner statistics of the member tables a settlement reads, after a bulk
-    /// import: PostgreSQL plans the writer's statements from them, and where autovacuum is off or
-    /// behind they would still describe the tables before the import (docs/benchmarks.md).
-    /// `ANALYZE` samples a bounded number of rows per table, so it stays quick on any size.
-    /// SQLite's planner does without statistics here, and its `ANALYZE` reads whole indexes, so it
-    /// is not run.
-    pub async fn refresh_statistics(&self) -> Result<()> {
+    /// Refreshes PostgreSQL's planner statistics of `tables`: PostgreSQL plans the writers'
+    /// statements from them, and where autovacuum is off or behind they would still describe the
+    /// tables before a bulk import or before settling grew them (docs/benchmarks.md). `ANALYZE`
+    /// samples a bounded number of rows per table, so it stays quick on any size. SQLite's planner
+    /// does without statistics here, and its `ANALYZE` reads whole indexes, so it is not run.
+    pub async fn refresh_statistics(&self, tables: StatisticsOf) -> Result<()> {
         if self.backend == Backend::Postgres {
             let mut conn = self.pool.acquire().await?;
-            conn.execute("ANALYZE members, member_categories, enrollments").await?;
+            conn.execute(tables.analyze()).await?;
         }
         Ok(())
     }
 
-    /// Refreshes the planner statistics of the tables settling grows (PostgreSQL; see
-    /// `ledger::statistics`), and with them the plans of the writers' prepared statements.
-    pub async fn refresh_settlement_statistics(&self) -> Result<()> {
-        if self.backend == Backend::Postgres {
-            let mut conn = self.pool.acquire().await?;
-            conn.execute("ANALYZE settlements, reversals, member_usage, product_total_shards")
-                .await?;
-        }
-        Ok(())
+    /// [`Store::refresh_statistics`] in the background: what changed the tables is committed
+    /// already, and a failure is only logged.
+    pub fn refresh_statistics_in_background(&self, tables: StatisticsOf) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.refresh_statistics(tables).await {
+                tracing::warn!(error = %e, ?tables, "could not refresh planner statistics");
+            }
+        });
     }
 
     pub async fn close(&self) {
@@ -381,6 +380,24 @@ pub struct Writer {
     exclusive: bool,
     /// What this writer read and wrote (`cache`).
     cache: cache::WriterCache,
+}
+
+/// Tables whose planner statistics [`Store::refresh_statistics`] refreshes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatisticsOf {
+    /// The member tables a settlement reads, after a large roster import.
+    Members,
+    /// The tables settling grows (see `ledger::statistics`).
+    Settlements,
+}
+
+impl StatisticsOf {
+    fn analyze(self) -> &'static str {
+        match self {
+            StatisticsOf::Members => "ANALYZE members, member_categories, enrollments",
+            StatisticsOf::Settlements => "ANALYZE settlements, reversals, member_usage, product_total_shards",
+        }
+    }
 }
 
 /// Shards of the running figures per product period on PostgreSQL: enough that writers of a few
