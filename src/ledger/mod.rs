@@ -33,7 +33,7 @@ use crate::domain::{
     MemberId, Money, PeriodKey, Settlement, Terms,
 };
 use crate::store::{
-    fen, now_text, LockKey, NewSettlement, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
+    fen, now_text, LockKey, NewSettlement, Prefetch, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
 };
 
 /// Errors of the ledger, mapped to gRPC status codes in one place (`api::error`).
@@ -500,16 +500,26 @@ impl WriterTask {
         let exclusive = batch.iter().any(|c| matches!(c.request, Request::ApplyTerms(..)))
             || plan.as_ref().is_some_and(|p| p.first.len() > LOCKS_PER_BATCH_MAX);
         let mode = if exclusive { TxMode::Exclusive } else { TxMode::Shared };
-        if let Some(stored_rows) = self.writer.begin(mode).await? {
+        let shared = self.current_catalogue();
+        let stored_rows = match &plan {
+            Some(plan) => {
+                self.writer
+                    .begin_prefetching(mode, prefetch_of(plan, &batch, &shared))
+                    .await?
+            }
+            None => self.writer.begin(mode).await?,
+        };
+        if let Some(stored_rows) = stored_rows {
             if stored_rows != self.terms_rows {
-                // Another writer or process applied terms.
+                // Another writer or process applied terms: what was locked and read for the old
+                // catalogue may fall short of the new one's (commands take missing locks late).
+                self.writer.forget_prefetched_totals();
                 effects.catalogue = Some(self.writer.load_catalogue().await?);
                 effects.terms_rows_added = stored_rows - self.terms_rows;
             }
         }
-        let shared = self.current_catalogue();
         if let (Some(plan), TxMode::Shared) = (plan, mode) {
-            take_locks(&mut self.writer, plan, effects.catalogue.as_ref().unwrap_or(&shared)).await?;
+            take_period_locks(&mut self.writer, plan, effects.catalogue.as_ref().unwrap_or(&shared)).await?;
         }
         // Consecutive claims are settled together as one run; any other command ends the run, so
         // every command still sees exactly the effects of those before it.
@@ -946,14 +956,47 @@ async fn lock_plan(w: &mut Writer, batch: &[Command]) -> Result<LockPlan, StoreE
     Ok(plan)
 }
 
-/// Takes, before anything is read, every lock a batch of concurrent writers needs, in two calls of
-/// ascending keys (see [`Writer::lock`]): the members and claim keys of its commands, then the
-/// aggregate-capped periods those members are enrolled in (read once the members are locked, so the
-/// enrollments cannot change underneath). Commands check their own locks again as they run; what
-/// this missed (a claim settled by another process after the plan was made, and reversed in this
-/// batch) is taken then.
-async fn take_locks(w: &mut Writer, mut plan: LockPlan, catalogue: &Catalogue) -> Result<(), StoreError> {
-    w.lock(plan.first).await?;
+/// What a batch of concurrent writers locks and reads as it begins, in one round trip
+/// ([`Writer::begin_prefetching`]): the locks of the members and claim keys of its commands (see
+/// [`Writer::lock`]), then what its claims read: stored settlements, members, usage, and the totals
+/// of the product periods without an aggregate cap that their service dates fall in. The capped
+/// periods' locks follow ([`take_period_locks`]), and their totals are read after them.
+fn prefetch_of<'a>(plan: &'a LockPlan, batch: &'a [Command], catalogue: &Catalogue) -> Prefetch<'a> {
+    let mut claims = Vec::new();
+    let mut dates = BTreeSet::new();
+    for command in batch {
+        if let Request::Settle(claim, _) = &command.request {
+            claims.push((claim.hospital_id.as_str(), claim.claim_id.as_str()));
+            dates.insert(claim.service_date);
+        }
+    }
+    let periods: BTreeSet<PeriodKey> = catalogue
+        .iter()
+        .filter(|v| dates.iter().any(|d| v.terms.product.period.contains(*d)))
+        .map(|v| v.terms.key())
+        .collect();
+    Prefetch {
+        locks: plan.first.clone(),
+        claims,
+        members: plan.claimants.iter().collect(),
+        periods: periods
+            .into_iter()
+            .filter(|key| {
+                catalogue
+                    .get(key)
+                    .is_some_and(|v| v.terms.product.aggregate_cap.is_none())
+            })
+            .collect(),
+    }
+}
+
+/// Takes, once the members and claim keys of a batch of concurrent writers are locked, the locks of
+/// the aggregate-capped periods those members are enrolled in and its other commands name, in one
+/// call of ascending keys (see [`Writer::lock`]); the members were read with the first locks, so
+/// this costs a round trip only when there are such periods. Commands check their own locks again
+/// as they run; what this missed (a claim settled by another process after the plan was made, and
+/// reversed in this batch) is taken then.
+async fn take_period_locks(w: &mut Writer, mut plan: LockPlan, catalogue: &Catalogue) -> Result<(), StoreError> {
     let claimants: Vec<&MemberId> = plan.claimants.iter().collect();
     for member in w.members(&claimants).await?.into_values() {
         plan.periods.extend(member.enrollments.into_keys());

@@ -92,6 +92,54 @@ pub(crate) trait Db {
 
     /// Rows (or keys) per multi-row statement at most.
     fn rows_per_statement(&self) -> usize;
+
+    /// Runs `statements` in order and hands every row they return to `row`, with the index of the
+    /// statement that returned it. By default one statement after another; a PostgreSQL writer's
+    /// [`Conn`] sends them all in one round trip (`pg_script`). The first failure stops the rest,
+    /// and the caller's transaction rolls back.
+    async fn script(
+        &mut self,
+        statements: Vec<Statement<'_>>,
+        mut row: impl FnMut(usize, &dyn Cols) -> Result<()>,
+    ) -> Result<()> {
+        for (i, (sql, values)) in statements.into_iter().enumerate() {
+            self.rows(&sql, values, |r| row(i, r)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A statement and the values of its parameters.
+pub(crate) type Statement<'a> = (String, Vec<Val<'a>>);
+
+/// Writes `value` as a PostgreSQL literal, for the simple query protocol, which binds nothing. A
+/// text becomes an escape string (`E'...'`, backslashes and quotes doubled), read the same whatever
+/// `standard_conforming_strings` says; a text with a NUL character, which PostgreSQL cannot store,
+/// is refused.
+pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
+    match value {
+        Val::Int(v) => out.push_str(&v.to_string()),
+        Val::Null => out.push_str("NULL"),
+        Val::Str(text) => quote_into(out, text)?,
+        Val::Text(text) => quote_into(out, text)?,
+    }
+    Ok(())
+}
+
+fn quote_into(out: &mut String, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(StoreError::Statement("a text value holds a NUL character".into()));
+    }
+    out.push_str("E'");
+    for c in text.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Ok(())
 }
 
 fn any_query<'q>(sql: &'q str, values: Vec<Val<'q>>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
@@ -284,14 +332,99 @@ impl Db for Lite {
 
 /// A writer's connection.
 pub(crate) enum Conn {
-    Any(AnyConnection),
+    /// PostgreSQL, with the statements [`Db::script`] prepared on it.
+    Any(AnyConnection, Prepared),
     Lite(Lite),
+}
+
+/// The statements [`Db::script`] prepared (SQL `PREPARE`) on a PostgreSQL connection, by text.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    names: std::collections::HashMap<String, String>,
+}
+
+/// PostgreSQL: `statements` in one simple-protocol message, one round trip. Each still runs on its
+/// own, with its own snapshot under READ COMMITTED, so a statement after a lock reads what the
+/// lock's previous holder committed. A statement with parameters runs as `EXECUTE name(values)`
+/// of a statement prepared (`PREPARE`) on this connection the first time its text is sent, in the
+/// same message: it is planned like the driver's own prepared statements, not anew each time. The
+/// texts are few: every statement of the store has a fixed shape for each of a few chunk sizes
+/// (`statement_chunks`). A failed message leaves the writer to be replaced with a new connection
+/// (the ledger does), so what it prepared is forgotten with it.
+async fn pg_script(
+    conn: &mut AnyConnection,
+    prepared: &mut Prepared,
+    statements: Vec<Statement<'_>>,
+    mut row: impl FnMut(usize, &dyn Cols) -> Result<()>,
+) -> Result<()> {
+    use futures::TryStreamExt;
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    // For each statement of the message, the caller's statement whose rows it returns.
+    let mut owners: Vec<Option<usize>> = Vec::with_capacity(statements.len());
+    let mut new_names = Vec::new();
+    for (i, (sql, values)) in statements.iter().enumerate() {
+        if !text.is_empty() {
+            text.push_str(";\n");
+        }
+        if values.is_empty() {
+            text.push_str(sql);
+            owners.push(Some(i));
+            continue;
+        }
+        let name = match prepared.names.get(sql) {
+            Some(name) => name.clone(),
+            None => {
+                let name = format!("claims_{}", prepared.names.len() + new_names.len());
+                text.push_str(&format!("PREPARE {name} AS {sql};\n"));
+                owners.push(None);
+                new_names.push((sql.clone(), name.clone()));
+                name
+            }
+        };
+        text.push_str("EXECUTE ");
+        text.push_str(&name);
+        text.push('(');
+        for (k, value) in values.iter().enumerate() {
+            if k > 0 {
+                text.push_str(", ");
+            }
+            literal_into(&mut text, value)?;
+        }
+        text.push(')');
+        owners.push(Some(i));
+    }
+    let mut done = 0;
+    {
+        #[allow(deprecated)]
+        let mut results = conn.fetch_many(sqlx::raw_sql(&text));
+        while let Some(next) = results.try_next().await? {
+            match next {
+                sqlx::Either::Left(_) => done += 1,
+                sqlx::Either::Right(r) => {
+                    if let Some(Some(owner)) = owners.get(done) {
+                        row(*owner, &r)?;
+                    }
+                }
+            }
+        }
+    }
+    if done != owners.len() {
+        return Err(StoreError::Statement(format!(
+            "{} statements sent, {done} answered",
+            owners.len()
+        )));
+    }
+    prepared.names.extend(new_names);
+    Ok(())
 }
 
 impl Db for Conn {
     async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
         match self {
-            Conn::Any(c) => c.run(sql, values).await,
+            Conn::Any(c, _) => c.run(sql, values).await,
             Conn::Lite(c) => c.run(sql, values).await,
         }
     }
@@ -303,15 +436,27 @@ impl Db for Conn {
         map: impl FnMut(&dyn Cols) -> Result<T>,
     ) -> Result<Vec<T>> {
         match self {
-            Conn::Any(c) => c.rows(sql, values, map).await,
+            Conn::Any(c, _) => c.rows(sql, values, map).await,
             Conn::Lite(c) => c.rows(sql, values, map).await,
         }
     }
 
     fn rows_per_statement(&self) -> usize {
         match self {
-            Conn::Any(c) => c.rows_per_statement(),
+            Conn::Any(c, _) => c.rows_per_statement(),
             Conn::Lite(c) => c.rows_per_statement(),
+        }
+    }
+
+    async fn script(
+        &mut self,
+        statements: Vec<Statement<'_>>,
+        row: impl FnMut(usize, &dyn Cols) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            Conn::Any(c, prepared) if c.backend_name() == "PostgreSQL" => pg_script(c, prepared, statements, row).await,
+            Conn::Any(c, _) => c.script(statements, row).await,
+            Conn::Lite(c) => c.script(statements, row).await,
         }
     }
 }
@@ -329,4 +474,27 @@ pub(crate) fn sqlite_path(url: &str) -> Result<PathBuf> {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn literal(value: Val<'_>) -> Result<String> {
+        let mut out = String::new();
+        literal_into(&mut out, &value)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes_and_refuse_nul() {
+        assert_eq!(literal(Val::Int(-42)).ok().as_deref(), Some("-42"));
+        assert_eq!(literal(Val::Null).ok().as_deref(), Some("NULL"));
+        assert_eq!(
+            literal(Val::Str(r"it's a \ and $1")).ok().as_deref(),
+            Some(r"E'it''s a \\ and $1'")
+        );
+        assert_eq!(literal(Val::Text("医保".into())).ok().as_deref(), Some("E'医保'"));
+        assert!(matches!(literal(Val::Str("a\0b")), Err(StoreError::Statement(_))));
+    }
 }

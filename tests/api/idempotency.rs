@@ -325,3 +325,64 @@ async fn preview_equals_what_settle_one_returns_and_writes_nothing() {
     assert_refused_with_field(&status, Code::InvalidArgument, "lines[0].amount");
     app.stop().await;
 }
+
+/// PostgreSQL's writer sends a batch's statements in one message, with the values written into the
+/// text as literals: a line code may hold quotes, backslashes, `$1`, `;` and SQL, all of which must
+/// be stored byte for byte (and not run). Both backends.
+#[tokio::test]
+async fn line_codes_with_quotes_backslashes_and_sql_are_stored_as_sent() {
+    use sqlx::Row;
+    let app = spawn_app().await;
+    enroll_cixi(&app, "M1", "DIBAO").await;
+    let codes = [
+        r"x'); DROP TABLE settlements; --",
+        r"back\slash \\ \' $1 $2::text E'' '' 医保 ☃",
+        r"\",
+    ];
+    let mut request = claim_a1("H1", "H1-QUOTE");
+    for (line, code) in request.lines.iter_mut().zip(codes) {
+        line.code = code.to_owned();
+    }
+    let (original, replay) = settle_one(&app, request.clone()).await;
+    assert!(!replay);
+
+    // Stored as sent: the claim kept equals the canonical form of what was sent, so the same claim
+    // again is a replay, and one that differs by a single backslash is another claim.
+    let (again, replay) = settle_one(&app, request.clone()).await;
+    assert!(
+        replay,
+        "the same claim again is a replay: its stored text equals what was sent"
+    );
+    assert_eq!(again, original);
+    let mut one_backslash_less = request.clone();
+    one_backslash_less.lines[1].code = r"back\slash \ \' $1 $2::text E'' '' 医保 ☃".to_owned();
+    let err = app
+        .settlements()
+        .await
+        .settle_one(one_backslash_less)
+        .await
+        .expect_err("a different claim under the same key");
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    let mut db = connect_any(&app.database_url).await;
+    let row = sqlx::query("SELECT claim_json FROM settlements WHERE hospital_id = 'H1' AND claim_id = 'H1-QUOTE'")
+        .fetch_one(&mut db)
+        .await
+        .expect("the settlement row");
+    let stored: serde_json::Value = serde_json::from_str(&row.get::<String, _>("claim_json")).expect("stored json");
+    let mut stored_codes: Vec<String> = stored["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["code"].as_str().expect("code").to_owned())
+        .collect();
+    let mut sent: Vec<String> = request.lines.iter().map(|l| l.code.clone()).collect();
+    stored_codes.sort();
+    sent.sort();
+    assert_eq!(stored_codes, sent, "every code stored byte for byte");
+
+    // Nothing of the codes ran: the tables are all there and the next claim settles.
+    let (next, _) = settle_one(&app, claim_a2("H1", "H1-AFTER")).await;
+    assert!(next.sequence > original.sequence);
+    app.stop().await;
+}
