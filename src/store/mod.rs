@@ -495,14 +495,19 @@ impl LockKey {
     }
 }
 
-/// Takes the transaction-scoped advisory locks `keys`, in their (ascending) order. The keys are
-/// numbers computed here, not input, so they are written into the statement. A VALUES list is
-/// scanned in order and the aggregate takes each lock as its row arrives.
-fn lock_statement(keys: &BTreeSet<LockKey>) -> String {
-    let values: Vec<String> = keys.iter().map(|k| format!("({}, {})", k.space, k.hash)).collect();
-    format!(
-        "SELECT COUNT(pg_advisory_xact_lock(ns, h)) AS n FROM (VALUES {}) AS v(ns, h)",
-        values.join(", ")
+/// Takes the transaction-scoped advisory locks `keys`, in their (ascending) order: one statement
+/// text for any number of keys (two arrays), so that it stays prepared. `unnest` returns the
+/// elements in order and the aggregate takes each lock as its row arrives.
+fn lock_statement(keys: &BTreeSet<LockKey>) -> Statement<'static> {
+    let array = |part: fn(&LockKey) -> i32| {
+        let items: Vec<String> = keys.iter().map(|k| part(k).to_string()).collect();
+        Val::Text(format!("{{{}}}", items.join(",")))
+    };
+    (
+        "SELECT COUNT(pg_advisory_xact_lock(ns, h)) AS n \
+         FROM unnest(CAST($1 AS INTEGER[]), CAST($2 AS INTEGER[])) AS v(ns, h)"
+            .into(),
+        vec![array(|k| k.space), array(|k| k.hash)],
     )
 }
 
@@ -598,7 +603,7 @@ impl Writer {
         ];
         let mut parts = vec![Part::Nothing, Part::Nothing, Part::TermsCount];
         if !self.exclusive && !prefetch.locks.is_empty() {
-            statements.push((lock_statement(&prefetch.locks), Vec::new()));
+            statements.push(lock_statement(&prefetch.locks));
             parts.push(Part::Nothing);
         }
         for chunk in statement_chunks(&prefetch.claims, max) {
@@ -690,7 +695,8 @@ impl Writer {
         if wanted.is_empty() {
             return Ok(());
         }
-        self.conn.rows(&lock_statement(&wanted), Vec::new(), |_| Ok(())).await?;
+        let (sql, values) = lock_statement(&wanted);
+        self.conn.rows(&sql, values, |_| Ok(())).await?;
         self.held.extend(wanted);
         Ok(())
     }
