@@ -1346,6 +1346,11 @@ async fn load_period_paid(
 }
 
 fn period_paid_statement<'a>(backend: Backend, keys: &[&'a PeriodKey]) -> Statement<'a> {
+    product_totals_statement(backend, "product_code, period_start, paid_fen", keys)
+}
+
+/// `SELECT columns FROM product_totals` of the product periods `keys`.
+pub(super) fn product_totals_statement<'a>(backend: Backend, columns: &str, keys: &[&'a PeriodKey]) -> Statement<'a> {
     let mut params = Params::new(backend);
     let clauses: Vec<String> = (0..keys.len())
         .map(|_| {
@@ -1356,10 +1361,7 @@ fn period_paid_statement<'a>(backend: Backend, keys: &[&'a PeriodKey]) -> Statem
             )
         })
         .collect();
-    let sql = format!(
-        "SELECT product_code, period_start, paid_fen FROM product_totals WHERE {}",
-        clauses.join(" OR ")
-    );
+    let sql = format!("SELECT {columns} FROM product_totals WHERE {}", clauses.join(" OR "));
     let values = keys
         .iter()
         .flat_map(|key| [Val::Str(key.product.as_str()), Val::Text(format_date(key.start))])

@@ -6,8 +6,8 @@ use rust_decimal::Decimal;
 use sqlx::{AnyPool, Row};
 
 use super::db::{Cols, Db, Val};
-use super::{corrupt, date_col, from_fen, layers_from_json, parse_reasons, period_key, Backend, Params, Result};
-use crate::domain::{format_date, Category, ClaimId, HospitalId, LossRatio, MemberId, PeriodKey, Settlement};
+use super::{corrupt, date_col, from_fen, layers_from_json, parse_reasons, period_key, Backend, Result};
+use crate::domain::{Category, ClaimId, HospitalId, LossRatio, MemberId, PeriodKey, Settlement};
 
 /// A settlement as stored, with its sequence number and reversal, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,24 +230,7 @@ pub(super) async fn loss_ratios_of(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut params = Params::new(backend);
-    let clauses: Vec<String> = (0..keys.len())
-        .map(|_| {
-            format!(
-                "(product_code = {} AND period_start = {})",
-                params.next(),
-                params.next()
-            )
-        })
-        .collect();
-    let sql = format!(
-        "SELECT {TOTALS_COLUMNS} FROM product_totals WHERE {}",
-        clauses.join(" OR ")
-    );
-    let values = keys
-        .iter()
-        .flat_map(|key| [Val::Str(key.product.as_str()), Val::Text(format_date(key.start))])
-        .collect();
+    let (sql, values) = super::product_totals_statement(backend, TOTALS_COLUMNS, keys);
     db.rows(&sql, values, loss_ratio_row).await
 }
 
