@@ -497,4 +497,55 @@ mod tests {
         assert_eq!(literal(Val::Text("医保".into())).ok().as_deref(), Some("E'医保'"));
         assert!(matches!(literal(Val::Str("a\0b")), Err(StoreError::Statement(_))));
     }
+
+    /// Any text without NUL, written as a literal, reads back from a real PostgreSQL as itself,
+    /// whatever `standard_conforming_strings` says (the server of CLAIMS_TEST_POSTGRES_URL, which
+    /// scripts/test finds or starts; without one this fails, as the PostgreSQL tests do).
+    #[test]
+    fn literals_read_back_from_postgresql_as_the_same_text() {
+        use proptest::prelude::*;
+        use sqlx::Connection;
+        use std::cell::RefCell;
+
+        let url = std::env::var("CLAIMS_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a runtime: {e}"));
+        sqlx::any::install_default_drivers();
+        let conn = runtime
+            .block_on(AnyConnection::connect(&url))
+            .unwrap_or_else(|e| panic!("PostgreSQL at {url} (CLAIMS_TEST_POSTGRES_URL) does not answer: {e}"));
+        let conn = RefCell::new(conn);
+        let read_back = |text: &str, conforming: &str| -> String {
+            let mut sql = format!("SET standard_conforming_strings = {conforming}; SELECT ");
+            literal_into(&mut sql, &Val::Str(text)).unwrap_or_else(|e| panic!("{e}"));
+            sql.push_str(" AS v");
+            let rows: Vec<sqlx::any::AnyRow> = runtime
+                .block_on(conn.borrow_mut().fetch_all(sqlx::raw_sql(&sql)))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let row = rows.last().unwrap_or_else(|| panic!("{sql}: no row"));
+            row.try_get::<String, _>("v").unwrap_or_else(|e| panic!("{e}"))
+        };
+        let awkward = prop_oneof![
+            Just('\''),
+            Just('\\'),
+            Just('$'),
+            Just(';'),
+            Just('"'),
+            any::<char>().prop_filter("PostgreSQL text holds no NUL", |c| *c != '\0'),
+        ];
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+        runner
+            .run(&proptest::collection::vec(awkward, 0..40), |chars| {
+                let text: String = chars.into_iter().collect();
+                prop_assert_eq!(read_back(&text, "on"), text.clone());
+                prop_assert_eq!(read_back(&text, "off"), text);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }
