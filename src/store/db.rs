@@ -341,6 +341,9 @@ pub(crate) enum Conn {
 #[derive(Default)]
 pub(crate) struct Prepared {
     names: std::collections::HashMap<String, String>,
+    /// Names handed out, each once: a message that failed after its `PREPARE` leaves a statement
+    /// behind that was not recorded, and a later name must not meet it.
+    issued: u64,
 }
 
 /// PostgreSQL: `statements` in one simple-protocol message, one round trip. Each still runs on its
@@ -349,8 +352,8 @@ pub(crate) struct Prepared {
 /// of a statement prepared (`PREPARE`) on this connection the first time its text is sent, in the
 /// same message: it is planned like the driver's own prepared statements, not anew each time. The
 /// texts are few: every statement of the store has a fixed shape for each of a few chunk sizes
-/// (`statement_chunks`). A failed message leaves the writer to be replaced with a new connection
-/// (the ledger does), so what it prepared is forgotten with it.
+/// (`statement_chunks`). What a failed message prepared is not recorded, and is prepared again
+/// under a new name if needed (the ledger replaces a writer whose batch failed anyway).
 async fn pg_script(
     conn: &mut AnyConnection,
     prepared: &mut Prepared,
@@ -377,7 +380,8 @@ async fn pg_script(
         let name = match prepared.names.get(sql) {
             Some(name) => name.clone(),
             None => {
-                let name = format!("claims_{}", prepared.names.len() + new_names.len());
+                let name = format!("claims_{}", prepared.issued);
+                prepared.issued += 1;
                 text.push_str(&format!("PREPARE {name} AS {sql};\n"));
                 owners.push(None);
                 new_names.push((sql.clone(), name.clone()));
