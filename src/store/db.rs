@@ -180,16 +180,6 @@ impl Db for AnyConnection {
     }
 }
 
-/// Runs several statements in one round trip (the simple query protocol: no value can be bound)
-/// and returns the column `n` of the last row they return.
-pub(crate) async fn last_count(conn: &mut AnyConnection, sql: &str) -> Result<i64> {
-    let rows: Vec<sqlx::any::AnyRow> = conn.fetch_all(sqlx::raw_sql(sql)).await?;
-    let row = rows
-        .last()
-        .ok_or_else(|| super::corrupt("terms", "the statements returned no row"))?;
-    Ok(row.try_get::<i64, _>("n")?)
-}
-
 /// SQLite's writer connection (rusqlite): used only from the writer's own thread, where blocking
 /// is what it is for.
 pub(crate) struct Lite {

@@ -523,46 +523,29 @@ impl Writer {
     /// PostgreSQL), and None when none can have: SQLite's `data_version` shows that no other
     /// connection committed.
     pub async fn begin(&mut self, mode: TxMode) -> Result<Option<i64>> {
+        match self.backend {
+            Backend::Sqlite => self.begin_sqlite(mode).await,
+            Backend::Postgres => self.begin_prefetching(mode, Prefetch::default()).await,
+        }
+    }
+
+    async fn begin_sqlite(&mut self, mode: TxMode) -> Result<Option<i64>> {
         self.held.clear();
         self.exclusive = mode == TxMode::Exclusive;
         self.prefetched_claims = None;
         self.totals_fresh = false;
-        match self.backend {
-            Backend::Sqlite => {
-                if let Conn::Lite(lite) = &mut self.conn {
-                    lite.before_transaction();
-                }
-                self.conn.run("BEGIN IMMEDIATE", Vec::new()).await?;
-                let version = self
-                    .conn
-                    .rows("PRAGMA data_version", Vec::new(), |r| r.int("data_version"))
-                    .await?;
-                if self.cache.begin(version.first().copied()) {
-                    return Ok(Some(self.terms_count().await?));
-                }
-                Ok(None)
-            }
-            Backend::Postgres => {
-                self.cache.begin(None);
-                let function = match mode {
-                    TxMode::Shared => "pg_advisory_xact_lock_shared",
-                    TxMode::Exclusive => "pg_advisory_xact_lock",
-                };
-                // Three statements, one round trip (the simple query protocol; no value is bound).
-                // Under READ COMMITTED each statement has its own snapshot, so the count is read
-                // after the lock was granted and sees what the previous holder committed.
-                let sql = format!(
-                    "BEGIN; SELECT {function}({}, {}); SELECT COUNT(*) AS n FROM terms",
-                    LockKey::GLOBAL.space,
-                    LockKey::GLOBAL.hash
-                );
-                let Conn::Any(conn, _) = &mut self.conn else {
-                    return Err(corrupt("terms", "a PostgreSQL writer without its connection"));
-                };
-                let n = db::last_count(conn, &sql).await?;
-                Ok(Some(n))
-            }
+        if let Conn::Lite(lite) = &mut self.conn {
+            lite.before_transaction();
         }
+        self.conn.run("BEGIN IMMEDIATE", Vec::new()).await?;
+        let version = self
+            .conn
+            .rows("PRAGMA data_version", Vec::new(), |r| r.int("data_version"))
+            .await?;
+        if self.cache.begin(version.first().copied()) {
+            return Ok(Some(self.terms_count().await?));
+        }
+        Ok(None)
     }
 
     /// [`Writer::begin`], and on PostgreSQL in the same round trip: the locks of `prefetch` (as
@@ -572,7 +555,7 @@ impl Writer {
     /// mostly from the cache its single writer keeps.
     pub async fn begin_prefetching(&mut self, mode: TxMode, prefetch: Prefetch<'_>) -> Result<Option<i64>> {
         if self.backend != Backend::Postgres {
-            return self.begin(mode).await;
+            return self.begin_sqlite(mode).await;
         }
         self.held.clear();
         self.exclusive = mode == TxMode::Exclusive;
