@@ -148,15 +148,30 @@ pub fn random_claim_2024(rng: &mut XorShift, id: &str, member: &str, amounts: &M
             &[],
         );
     }
+    medical_claim(rng, hospital, id, member, &date, roll, amounts)
+}
+
+/// A medical claim, chosen by `roll` (0 to 99): inpatient below 60, outpatient (general, chronic
+/// or acute) up to 84, else pharmacy; of any cause but a non-medical one; the amounts from
+/// `amounts`.
+pub fn medical_claim(
+    rng: &mut XorShift,
+    hospital: &str,
+    id: &str,
+    member: &str,
+    date: &str,
+    roll: u64,
+    amounts: &MedicalAmounts,
+) -> ClaimRequest {
     let inpatient = roll < 60;
     let visit = match roll {
-        8..=59 => "INPATIENT",
+        0..=59 => "INPATIENT",
         60..=84 => *rng.pick(&["OUTPATIENT/GENERAL", "OUTPATIENT/CHRONIC", "OUTPATIENT/ACUTE"]),
         _ => "PHARMACY",
     };
     let cause = *rng.pick(&["", "ILLNESS", "ACCIDENT"]);
     let (lines, upstream) = medical_amounts(rng, inpatient, amounts);
-    claim(hospital, id, member, &date, visit, cause, &lines, &upstream)
+    claim(hospital, id, member, date, visit, cause, &lines, &upstream)
 }
 
 /// Sends `claims` into a Settle stream in bursts of 1-8 with pauses of 0-2 ms drawn from `rng`, so

@@ -16,7 +16,7 @@ use claims::proto::{
 use rust_decimal::Decimal;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::common::random::{date_in, fen_text, medical_amounts, send_in_bursts, MedicalAmounts, Odds, XorShift};
+use crate::common::random::{date_in, fen_text, medical_claim, send_in_bursts, MedicalAmounts, Odds, XorShift};
 use crate::common::replay::{body, catalogue_with, dec, export_all, key_of, member, period, replay, settlement_of};
 use crate::common::{claim, enroll, row, spawn_app};
 use crate::support::{category_of, check_db};
@@ -136,15 +136,7 @@ fn random_claim(rng: &mut XorShift, id: &str, member: &str) -> ClaimRequest {
             &[],
         );
     }
-    let inpatient = roll < 60;
-    let visit = match roll {
-        0..=59 => "INPATIENT",
-        60..=84 => *rng.pick(&["OUTPATIENT/GENERAL", "OUTPATIENT/CHRONIC", "OUTPATIENT/ACUTE"]),
-        _ => "PHARMACY",
-    };
-    let cause = *rng.pick(&["", "ILLNESS", "ACCIDENT"]);
-    let (lines, upstream) = medical_amounts(rng, inpatient, &AMOUNTS);
-    claim(hospital, id, member, &date, visit, cause, &lines, &upstream)
+    medical_claim(rng, hospital, id, member, &date, roll, &AMOUNTS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
