@@ -529,11 +529,16 @@ impl Writer {
         }
     }
 
-    async fn begin_sqlite(&mut self, mode: TxMode) -> Result<Option<i64>> {
+    /// Forgets what the previous transaction held: locks, prefetched claims and totals.
+    fn new_transaction(&mut self, mode: TxMode) {
         self.held.clear();
         self.exclusive = mode == TxMode::Exclusive;
         self.prefetched_claims = None;
         self.totals_fresh = false;
+    }
+
+    async fn begin_sqlite(&mut self, mode: TxMode) -> Result<Option<i64>> {
+        self.new_transaction(mode);
         if let Conn::Lite(lite) = &mut self.conn {
             lite.before_transaction();
         }
@@ -557,10 +562,7 @@ impl Writer {
         if self.backend != Backend::Postgres {
             return self.begin_sqlite(mode).await;
         }
-        self.held.clear();
-        self.exclusive = mode == TxMode::Exclusive;
-        self.prefetched_claims = None;
-        self.totals_fresh = false;
+        self.new_transaction(mode);
         self.cache.begin(None);
         let function = match mode {
             TxMode::Shared => "pg_advisory_xact_lock_shared",
