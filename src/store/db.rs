@@ -207,6 +207,11 @@ impl Lite {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // A multi-row statement that may fail halfway keeps the pages it changes in a statement
+        // journal, to take itself back alone; in a temporary file by default, whose writes were
+        // 10% of the writer's time (docs/benchmarks.md). In memory it costs a copy. Nothing
+        // durable depends on it: a failed batch rolls back whole.
+        conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
         // SQLite's default page cache (2 MiB) is kept: 16 and 64 MiB measured 3% and 12% slower
         // (docs/benchmarks.md), as every commit scans the cache to drop pages past the file's end.
         // Checkpoints copy the WAL back into the database file and sync it: by default the
