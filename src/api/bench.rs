@@ -60,6 +60,9 @@ pub struct ProcessFigures {
     pub peak_rss_bytes: u64,
     pub rss_bytes: u64,
     pub threads: u32,
+    /// CPU time of the live threads named [`crate::ledger::WRITER_THREAD`], and their number.
+    pub writer_cpu_seconds: f64,
+    pub writer_threads: u32,
 }
 
 /// `utime` and `stime` (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks. The command
@@ -92,6 +95,7 @@ pub fn process_figures() -> std::io::Result<ProcessFigures> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     let (utime, stime) = parse_stat_ticks(&stat).ok_or_else(|| invalid("/proc/self/stat: no utime and stime"))?;
     let status = std::fs::read_to_string("/proc/self/status")?;
+    let (writer_ticks, writer_threads) = threads_ticks(crate::ledger::WRITER_THREAD)?;
     let field =
         |name: &str| status_field(&status, name).ok_or_else(|| invalid(&format!("/proc/self/status: no {name}")));
     Ok(ProcessFigures {
@@ -100,7 +104,33 @@ pub fn process_figures() -> std::io::Result<ProcessFigures> {
         peak_rss_bytes: field("VmHWM")?,
         rss_bytes: field("VmRSS")?,
         threads: u32::try_from(field("Threads")?).unwrap_or(u32::MAX),
+        writer_cpu_seconds: writer_ticks as f64 / CLOCK_TICKS_PER_SECOND,
+        writer_threads,
     })
+}
+
+/// CPU ticks (user and system) of this process's live threads named `name`, and their number. A
+/// thread that ends while it is read is left out.
+fn threads_ticks(name: &str) -> std::io::Result<(u64, u32)> {
+    let (mut ticks, mut threads) = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let dir = task?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Some((utime, stime)) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| parse_stat_ticks(&stat))
+        else {
+            continue;
+        };
+        ticks += utime + stime;
+        threads += 1;
+    }
+    Ok((ticks, threads))
 }
 
 /// Resets the peak resident set size (`VmHWM`) to the current one (Linux 4.0 and later).
@@ -140,6 +170,8 @@ impl BenchService for BenchApi {
             rss_bytes: figures.rss_bytes,
             peak_rss_reset,
             threads: figures.threads,
+            writer_cpu_seconds: figures.writer_cpu_seconds,
+            writer_threads: figures.writer_threads,
         }))
     }
 }

@@ -310,6 +310,9 @@ impl Ledger {
     }
 }
 
+/// The name of a writer's own thread (SQLite's), by which `BenchService` finds its CPU time.
+pub const WRITER_THREAD: &str = "claims-writer";
+
 /// Runs a writer whose statements block (SQLite through rusqlite) on a thread of its own, with a
 /// runtime of its own: its statements then block nothing else, and a batch costs one hand-off (the
 /// channel) instead of two per statement. The returned task ends when the writer does.
@@ -320,7 +323,7 @@ fn run_on_own_thread(task: WriterTask) -> Result<tokio::task::JoinHandle<()>, Le
         .build()
         .map_err(|e| LedgerError::Internal(format!("could not build the writer's runtime: {e}")))?;
     std::thread::Builder::new()
-        .name("claims-writer".into())
+        .name(WRITER_THREAD.into())
         .spawn(move || {
             runtime.block_on(task.run());
             let _ = done.send(());

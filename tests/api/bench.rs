@@ -66,6 +66,13 @@ fn assert_sane(stats: &ProcessStats) {
         assert!(cpu.is_finite() && cpu >= 0.0, "CPU seconds >= 0: {stats:?}");
     }
     assert!(stats.threads >= 1, "at least one thread: {stats:?}");
+    assert!(
+        stats.writer_cpu_seconds.is_finite()
+            && stats.writer_cpu_seconds >= 0.0
+            && stats.writer_cpu_seconds <= stats.cpu_user_seconds + stats.cpu_system_seconds,
+        "the writer threads' CPU is part of the process's: {stats:?}"
+    );
+    assert!(stats.writer_threads <= stats.threads, "{stats:?}");
 }
 
 /// Sends `requests` over one EchoStream (all of them before reading) and reads until the stream
@@ -276,6 +283,12 @@ async fn process_stats_report_cpu_time_and_memory() {
     let before = process_stats(&mut bench, false).await;
     assert_sane(&before);
     assert!(!before.peak_rss_reset, "no reset was asked: {before:?}");
+    // SQLite's writer runs on a thread of its own (this test binary may run other servers' too);
+    // PostgreSQL's writers run on the async runtime's threads.
+    match backend() {
+        Backend::Sqlite => assert!(before.writer_threads >= 1, "SQLite's writer thread: {before:?}"),
+        Backend::Postgres => assert_eq!(before.writer_threads, 0, "no writer thread of its own: {before:?}"),
+    }
 
     // The server runs in this process: burning CPU here shows in its figures, in seconds.
     let after = loop {
@@ -454,6 +467,9 @@ async fn claimsctl_bench_loss_ratio_mode_measures_get_loss_ratio_calls() {
             );
         }
         assert!(m["server_cpu_s"].as_f64().is_some_and(|v| v >= 0.0), "{m:#}");
+        // Null when the writer threads changed between the readings (other tests' servers).
+        let writer = &m["server_writer_cpu_s"];
+        assert!(writer.is_null() || writer.as_f64().is_some_and(|v| v >= 0.0), "{m:#}");
         assert!(m["server_peak_rss_bytes"].as_u64().is_some_and(|v| v > 0), "{m:#}");
         assert!(
             m["reply_bytes_mean"].as_f64().is_some_and(|v| v > 0.0),

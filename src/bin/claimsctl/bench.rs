@@ -537,6 +537,8 @@ impl Shape {
 #[derive(Debug, Clone, Copy)]
 struct ServerFigures {
     cpu_seconds: f64,
+    /// CPU seconds of the ledger's own writer thread (SQLite's); `None` where it has none.
+    writer_cpu_seconds: Option<f64>,
     peak_rss_bytes: u64,
     rss_bytes: u64,
     /// False: the peak is the peak since the server started.
@@ -595,6 +597,11 @@ impl ModeResult {
     fn cpu_us_per_claim(&self) -> Option<f64> {
         let server = self.server?;
         (self.replies > 0).then(|| server.cpu_seconds * 1e6 / self.replies as f64)
+    }
+
+    fn writer_cpu_us_per_claim(&self) -> Option<f64> {
+        let writer = self.server?.writer_cpu_seconds?;
+        (self.replies > 0).then(|| writer * 1e6 / self.replies as f64)
     }
 }
 
@@ -728,6 +735,9 @@ where
     if let (Some(b), Some(a)) = (before, after) {
         result.server = Some(ServerFigures {
             cpu_seconds: cpu_delta(&b, &a),
+            // The same writer threads at both readings, or the difference means nothing.
+            writer_cpu_seconds: (a.writer_threads > 0 && a.writer_threads == b.writer_threads)
+                .then(|| ticks_delta(b.writer_cpu_seconds, a.writer_cpu_seconds)),
             peak_rss_bytes: a.peak_rss_bytes,
             rss_bytes: a.rss_bytes,
             peak_since_mode: b.peak_rss_reset,
@@ -747,8 +757,12 @@ where
 /// User and system CPU seconds between two readings, rounded to the clock tick (1/100 s) they count in.
 fn cpu_delta(before: &ProcessStats, after: &ProcessStats) -> f64 {
     let total = |s: &ProcessStats| s.cpu_user_seconds + s.cpu_system_seconds;
-    let ticks = ((total(after) - total(before)) * CLOCK_TICKS_PER_SECOND).round();
-    ticks / CLOCK_TICKS_PER_SECOND
+    ticks_delta(total(before), total(after))
+}
+
+/// `after - before` in seconds, rounded to the clock tick (1/100 s) both count in.
+fn ticks_delta(before: f64, after: f64) -> f64 {
+    ((after - before) * CLOCK_TICKS_PER_SECOND).round() / CLOCK_TICKS_PER_SECOND
 }
 
 async fn join_all(tasks: Vec<tokio::task::JoinHandle<Part>>) -> Vec<std::result::Result<Part, tokio::task::JoinError>> {
@@ -1563,6 +1577,7 @@ fn print_report(server: &Server, options: &BenchOptions, roster: Option<&RosterF
         ("max ms", Align::Right),
         ("srv CPU s", Align::Right),
         ("CPU us/claim", Align::Right),
+        ("writer us/claim", Align::Right),
         ("srv peak RSS MiB", Align::Right),
         ("client CPU s", Align::Right),
         ("reply B", Align::Right),
@@ -1579,6 +1594,10 @@ fn print_report(server: &Server, options: &BenchOptions, roster: Option<&RosterF
         row.push(ms(r.quantile_ms(1.0)));
         row.push(r.server.map_or("-".to_owned(), |s| format!("{:.2}", s.cpu_seconds)));
         row.push(r.cpu_us_per_claim().map_or("-".to_owned(), |v| format!("{v:.0}")));
+        row.push(
+            r.writer_cpu_us_per_claim()
+                .map_or("-".to_owned(), |v| format!("{v:.0}")),
+        );
         row.push(r.server.map_or("-".to_owned(), |s| {
             format!("{}{}", mib(s.peak_rss_bytes), if s.peak_since_mode { "" } else { "*" })
         }));
@@ -1709,6 +1728,8 @@ fn json_report(
                 "latency_ms": latency,
                 "server_cpu_s": r.server.map(|s| s.cpu_seconds),
                 "server_cpu_us_per_claim": r.cpu_us_per_claim(),
+                "server_writer_cpu_s": r.server.and_then(|s| s.writer_cpu_seconds),
+                "server_writer_cpu_us_per_claim": r.writer_cpu_us_per_claim(),
                 "server_peak_rss_bytes": r.server.map(|s| s.peak_rss_bytes),
                 "server_peak_rss_since_mode_start": r.server.map(|s| s.peak_since_mode),
                 "server_rss_bytes": r.server.map(|s| s.rss_bytes),
