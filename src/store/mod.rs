@@ -523,10 +523,7 @@ impl Writer {
     /// PostgreSQL), and None when none can have: SQLite's `data_version` shows that no other
     /// connection committed.
     pub async fn begin(&mut self, mode: TxMode) -> Result<Option<i64>> {
-        match self.backend {
-            Backend::Sqlite => self.begin_sqlite(mode).await,
-            Backend::Postgres => self.begin_prefetching(mode, Prefetch::default()).await,
-        }
+        self.begin_prefetching(mode, Prefetch::default()).await
     }
 
     /// Forgets what the previous transaction held: locks, prefetched claims and totals.
@@ -907,15 +904,21 @@ impl Writer {
             rows.push((*member, usage_json(held)?));
         }
         let mut statements = Vec::new();
-        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
+        // The rows move into the statements' values: chunked by size, not copied.
+        let sizes: Vec<usize> = statement_chunks(&rows, self.conn.rows_per_statement())
+            .map(<[_]>::len)
+            .collect();
+        let mut rows = rows.into_iter();
+        for size in sizes {
             let sql = format!(
                 "INSERT INTO member_usage (member_id, usage) VALUES {} \
                  ON CONFLICT (member_id) DO UPDATE SET usage = excluded.usage",
-                Params::new(self.backend).values(chunk.len(), 2)
+                Params::new(self.backend).values(size, 2)
             );
-            let values = chunk
-                .iter()
-                .flat_map(|(m, json)| [Val::Str(m.as_str()), Val::Text(json.clone())])
+            let values = rows
+                .by_ref()
+                .take(size)
+                .flat_map(|(m, json)| [Val::Str(m.as_str()), Val::Text(json)])
                 .collect();
             statements.push((sql, values));
         }

@@ -595,13 +595,17 @@ impl ModeResult {
     }
 
     fn cpu_us_per_claim(&self) -> Option<f64> {
-        let server = self.server?;
-        (self.replies > 0).then(|| server.cpu_seconds * 1e6 / self.replies as f64)
+        self.us_per_claim(self.server.map(|s| s.cpu_seconds))
     }
 
     fn writer_cpu_us_per_claim(&self) -> Option<f64> {
-        let writer = self.server?.writer_cpu_seconds?;
-        (self.replies > 0).then(|| writer * 1e6 / self.replies as f64)
+        self.us_per_claim(self.server.and_then(|s| s.writer_cpu_seconds))
+    }
+
+    /// `seconds` spread over the replies, in microseconds.
+    fn us_per_claim(&self, seconds: Option<f64>) -> Option<f64> {
+        let seconds = seconds?;
+        (self.replies > 0).then(|| seconds * 1e6 / self.replies as f64)
     }
 }
 
