@@ -38,6 +38,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database: {0}")]
+    Vfs(#[from] claims_walbuf::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored row that does not parse back: the database was changed behind the service's back.
