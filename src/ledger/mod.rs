@@ -158,8 +158,12 @@ impl Ledger {
         config: LedgerConfig,
     ) -> Result<(Ledger, tokio::task::JoinHandle<()>), LedgerError> {
         let mut first = store.writer().await?;
-        let catalogue = first.load_catalogue().await?;
+        // The count first: terms another process applies in between are then in the catalogue but
+        // not in the count, and the first batch, finding more rows than counted, loads the
+        // catalogue again. The other way round, the catalogue could miss terms the count holds, and
+        // this process would apply them a second time.
         let terms_rows = first.terms_count().await?;
+        let catalogue = first.load_catalogue().await?;
         let concurrent = first.concurrent();
         let writers = if concurrent { config.writers.max(1) } else { 1 };
         let catalogue = Arc::new(RwLock::new(Arc::new(catalogue)));

@@ -107,11 +107,16 @@ fn filter_sql(filter: &SettlementFilter, first_param: usize) -> (String, Vec<Str
         values.push(value.to_owned());
         param += 1;
     };
+    // Each date condition also names its month, which it implies (a text that is not less than
+    // another has a 7-character prefix that is not less than the other's): the index is on the
+    // month (migrations 0006).
     if let Some(v) = &filter.from_date {
         push("s.service_date >= ?", v);
+        push("substr(s.service_date, 1, 7) >= substr(?, 1, 7)", v);
     }
     if let Some(v) = &filter.to_date {
         push("s.service_date <= ?", v);
+        push("substr(s.service_date, 1, 7) <= substr(?, 1, 7)", v);
     }
     if let Some(v) = &filter.hospital_id {
         push("s.hospital_id = ?", v);
@@ -139,12 +144,7 @@ pub(super) async fn list_settlements(
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<StoredSettlement>> {
-    let (where_sql, values) = filter_sql(filter, 2);
-    let limit_param = values.len() + 2;
-    let sql = format!(
-        "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
-         WHERE s.seq > $1{where_sql} ORDER BY s.seq LIMIT ${limit_param}"
-    );
+    let (sql, values) = list_sql(filter);
     let mut query = sqlx::query(&sql).bind(after_seq);
     for v in &values {
         query = query.bind(v.clone());
@@ -153,7 +153,19 @@ pub(super) async fn list_settlements(
     rows.iter().map(|r| settlement_row(r)).collect()
 }
 
-pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter) -> Result<SettlementTotals> {
+/// A page of settlements after sequence number `$1`, the filter's values from `$2`, then the limit.
+fn list_sql(filter: &SettlementFilter) -> (String, Vec<String>) {
+    let (where_sql, values) = filter_sql(filter, 2);
+    let limit_param = values.len() + 2;
+    let sql = format!(
+        "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
+         WHERE s.seq > $1{where_sql} ORDER BY s.seq LIMIT ${limit_param}"
+    );
+    (sql, values)
+}
+
+/// The filter's totals, its values from `$1`.
+fn totals_sql(filter: &SettlementFilter) -> (String, Vec<String>) {
     let (where_sql, values) = filter_sql(filter, 1);
     let sql = format!(
         // PostgreSQL sums BIGINT as NUMERIC, which the Any driver does not read: hence the casts.
@@ -163,6 +175,11 @@ pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter)
          CAST(COALESCE(SUM(s.out_of_pocket_fen), 0) AS BIGINT) AS oop \
          FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq WHERE 1 = 1{where_sql}"
     );
+    (sql, values)
+}
+
+pub(super) async fn settlement_totals(pool: &AnyPool, filter: &SettlementFilter) -> Result<SettlementTotals> {
+    let (sql, values) = totals_sql(filter);
     let mut query = sqlx::query(&sql);
     for v in &values {
         query = query.bind(v.clone());
@@ -254,4 +271,62 @@ pub(super) async fn terms_rows(pool: &AnyPool, code: Option<&str>) -> Result<Vec
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{list_sql, totals_sql, SettlementFilter};
+    use sqlx::Row;
+
+    /// SQLite plans settlement lists and totals filtered by service dates through the month index
+    /// (migrations 0006), not through a scan of every settlement. (A list from a date on, with no
+    /// end, walks the sequence numbers from the page's start instead, as it did with the date
+    /// index.)
+    #[tokio::test]
+    async fn date_filters_use_the_month_index() {
+        let dir = std::env::temp_dir().join(format!("claims-rows-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = super::super::Store::connect(&format!("sqlite://{}/claims.db", dir.display()), 2)
+            .await
+            .unwrap();
+        let dates = |from: Option<&str>, to: Option<&str>| SettlementFilter {
+            from_date: from.map(Into::into),
+            to_date: to.map(Into::into),
+            ..Default::default()
+        };
+        let both = dates(Some("2022-04-01"), Some("2022-06-30"));
+        let cases = [
+            (list_sql(&both), true),
+            (totals_sql(&both), false),
+            (totals_sql(&dates(Some("2022-04-01"), None)), false),
+            (totals_sql(&dates(None, Some("2021-12-31"))), false),
+        ];
+        for ((sql, values), paged) in cases {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query(&explain);
+            if paged {
+                query = query.bind(0_i64);
+            }
+            for v in &values {
+                query = query.bind(v.clone());
+            }
+            if paged {
+                query = query.bind(100_i64);
+            }
+            let plan: Vec<String> = query
+                .fetch_all(&store.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String, _>("detail").unwrap())
+                .collect();
+            assert!(
+                plan.iter().any(|d| d.contains("USING INDEX settlements_service_month")),
+                "{sql}: {plan:?}"
+            );
+        }
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,7 +1,8 @@
 //! Migration 0004 moves every settlement's layers from rows of `settlement_layers` into the
 //! settlement's own `layers` column (`settlement_layers` becomes a view) and, on SQLite, rebuilds
 //! `accumulators`, `member_categories` and `enrollments` WITHOUT ROWID; migration 0005 then moves
-//! each member's accumulators into one `member_usage` row (`accumulators` becomes a view). A
+//! each member's accumulators into one `member_usage` row (`accumulators` becomes a view), and 0006
+//! indexes settlements by the month of their service date instead of the date. A
 //! database written under migrations 0001-0003 must come back from them with every settlement,
 //! layer and running figure as it was. Runs on the backend `CLAIMS_TEST_BACKEND` names (see tests/common).
 
@@ -475,7 +476,21 @@ async fn settlements_stored_before_migration_0004_keep_their_layers() {
         .iter()
         .map(|r| r.get::<i64, _>(0))
         .collect();
-    assert_eq!(applied, [1, 2, 3, 4, 5], "the service applied 0004 and 0005");
+    assert_eq!(applied, [1, 2, 3, 4, 5, 6], "the service applied 0004 to 0006");
+    // 0006: settlements are found by the month of their service date.
+    let index_sql = match backend() {
+        Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'settlements'",
+        Backend::Postgres => "SELECT CAST(indexname AS TEXT) AS name FROM pg_indexes WHERE tablename = 'settlements'",
+    };
+    let indexes: Vec<String> = sqlx::query(index_sql)
+        .fetch_all(&mut db)
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    assert!(indexes.iter().any(|n| n == "settlements_service_month"), "{indexes:?}");
+    assert!(!indexes.iter().any(|n| n == "settlements_service_date"), "{indexes:?}");
     if backend() == Backend::Sqlite {
         for table in ["member_usage", "member_categories", "enrollments"] {
             let sql: String = sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = $1")
