@@ -243,8 +243,17 @@ impl Lite {
     /// kernel already holds.
     pub(crate) fn before_transaction(&mut self) {
         if self.restart_wanted.swap(false, Ordering::Relaxed) {
-            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint before a transaction failed");
+            let started = std::time::Instant::now();
+            match self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2))
+            {
+                Ok(copied) => tracing::debug!(
+                    copied,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "WAL copied before a transaction"
+                ),
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint before a transaction failed"),
             }
         }
     }
@@ -254,12 +263,21 @@ impl Lite {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// WAL frames (pages) beyond which the checkpointer asks the writer to let the WAL start over
-/// ([`Lite::before_transaction`]): 16,384 pages, 64 MiB.
-const WAL_FRAMES_RESTART: i64 = 16_384;
+/// ([`Lite::before_transaction`]): 65,536 pages, 256 MiB. Each start-over costs the writer a copy
+/// and a sync of the database file before its next transaction, 7 to 110 ms with 10,000,000
+/// settlements stored: at 16,384 pages that came about every 5,000 claims (docs/benchmarks.md).
+const WAL_FRAMES_RESTART: i64 = 65_536;
+
+/// Passes the checkpointer makes, at most, after copying a long WAL, before it asks the writer to
+/// let the WAL start over.
+const CATCH_UP_PASSES: usize = 4;
+
+/// Frames committed during a pass below which the checkpointer stops making further passes.
+const WAL_FRAMES_LEFT_FOR_WRITER: i64 = 1_024;
 
 /// WAL frames beyond which the checkpointer makes the writer wait for a checkpoint that lets the
-/// WAL start over (`RESTART`), should the writer not have done so: 65,536 pages, 256 MiB.
-const WAL_FRAMES_MAX: i64 = 65_536;
+/// WAL start over (`RESTART`), should the writer not have done so: 262,144 pages, 1 GiB.
+const WAL_FRAMES_MAX: i64 = 262_144;
 
 /// Starts the thread that checkpoints the writer's database on a connection of its own. A
 /// `PASSIVE` checkpoint runs beside the writer without blocking it; once the WAL has been copied
@@ -290,7 +308,31 @@ fn checkpointer(path: &Path, restart_wanted: Arc<AtomicBool>) -> Result<std::syn
                     }
                 }
                 Ok((frames, copied)) if frames > WAL_FRAMES_RESTART && copied == frames => {
-                    restart_wanted.store(true, Ordering::Relaxed);
+                    // The writer copies the frames committed since this pass itself, and syncs
+                    // the database file, before its next transaction. Further passes, each
+                    // copying what arrived during the one before, leave it a few batches' worth
+                    // (with 10,000,000 settlements stored, its copies took 300 ms in all over
+                    // four runs instead of 460 to 540; docs/benchmarks.md).
+                    let mut seen = frames;
+                    let mut all_copied = true;
+                    for _ in 0..CATCH_UP_PASSES {
+                        match checkpoint("PASSIVE") {
+                            Ok((frames, copied)) if copied == frames => {
+                                let arrived = frames - seen;
+                                seen = frames;
+                                if arrived <= WAL_FRAMES_LEFT_FOR_WRITER {
+                                    break;
+                                }
+                            }
+                            _ => {
+                                all_copied = false;
+                                break;
+                            }
+                        }
+                    }
+                    if all_copied {
+                        restart_wanted.store(true, Ordering::Relaxed);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
