@@ -1,17 +1,20 @@
 //! A VFS shim over SQLite's default VFS (`unix`) that gathers the writes SQLite makes to a WAL file
-//! and hands them to the real file in one write when SQLite next syncs, reads, sizes, truncates or
-//! closes that file, or when a write does not continue the last one.
+//! and hands them to the real file in a few writes once a commit's last frame is gathered, and
+//! whenever SQLite syncs, reads, sizes, truncates or closes that file, or writes somewhere that does
+//! not continue the last write.
 //!
 //! SQLite writes each WAL frame with two system calls: the 24-byte frame header, then the page. A
 //! commit of a few hundred pages is then a thousand `pwrite`s, each through the file system's
 //! buffered-write path; for the claims service's writer that was a fifth of its time
-//! (docs/benchmarks.md). Gathered, a commit is one `pwrite` and one `fsync`.
+//! (docs/benchmarks.md). Gathered, a commit is a few `pwrite`s of up to 124 KiB and one `fsync`.
 //!
 //! What SQLite relies on still holds: every byte it wrote is in the real file before any `xSync`
 //! returns (so a commit is as durable as without the shim), and before any read of that file (so
 //! SQLite always reads what it wrote). Other connections read a WAL only up to the last commit they
-//! see in the WAL index, which SQLite updates after the commit's `xSync`. Files other than WAL files
-//! are the real VFS's own, untouched: the shim is not even on their path.
+//! see in the WAL index, which SQLite updates after writing the commit's frames (and, with
+//! `synchronous=FULL`, after syncing them): by then the shim has written them out, whatever the
+//! `synchronous` setting. Files other than WAL files are the real VFS's own, untouched: the shim is
+//! not even on their path.
 //!
 //! Only the connections opened with [`NAME`] as their VFS use the shim; others, on the same files,
 //! keep the default VFS. The default VFS's own functions (delete, access, full path, time, ...) do
@@ -35,6 +38,9 @@ const NAME_C: &CStr = c"claims-walbuf";
 
 /// Gathered bytes beyond which the shim writes them out without waiting for a sync.
 const FLUSH_AT: usize = 1 << 20;
+
+/// The size of a WAL frame's header.
+const FRAME_HEADER: usize = 24;
 
 /// The most the default VFS writes in one call: its `unixWrite` keeps the low 17 bits of the
 /// length (`nBuf &= 0x1ffff`), so longer writes go in pieces of 31 pages.
@@ -116,6 +122,8 @@ struct WalFile {
     /// Bytes written by SQLite and not yet by the real file, from offset `start`.
     gathered: Vec<u8>,
     start: i64,
+    /// The last write was a commit frame's header: the next (its page) ends the commit.
+    commit_page_next: bool,
 }
 
 /// Where the real file object starts in the block.
@@ -150,6 +158,7 @@ unsafe extern "C" fn open(
             real,
             gathered: Vec::new(),
             start: 0,
+            commit_page_next: false,
         },
     );
     ffi::SQLITE_OK
@@ -231,10 +240,15 @@ unsafe extern "C" fn write(file: *mut ffi::sqlite3_file, data: *const c_void, am
     if w.gathered.is_empty() {
         w.start = offset;
     }
-    w.gathered
-        .extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), n));
+    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), n);
+    w.gathered.extend_from_slice(bytes);
     WRITES_GATHERED.fetch_add(1, Ordering::Relaxed);
-    if w.gathered.len() >= FLUSH_AT {
+    // A frame's header is the only 24-byte write SQLite makes to a WAL (the WAL's own header is 32
+    // bytes); in a commit frame's header, bytes 4 to 8 hold the database's size after the commit,
+    // and are 0 in every other frame's. The page after a commit header ends the commit.
+    let is_commit_header = n == FRAME_HEADER && bytes.get(4..8).is_some_and(|size| size != [0; 4]);
+    let ends_commit = std::mem::replace(&mut w.commit_page_next, is_commit_header);
+    if ends_commit || w.gathered.len() >= FLUSH_AT {
         return flush(w);
     }
     ffi::SQLITE_OK

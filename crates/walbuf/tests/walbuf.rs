@@ -17,13 +17,18 @@ fn dir(name: &str) -> PathBuf {
 
 /// A connection through the shim, as the service's writer opens it.
 fn open_shim(path: &Path) -> Connection {
+    open_shim_with(path, "FULL")
+}
+
+/// A connection through the shim with the given `synchronous` setting.
+fn open_shim_with(path: &Path, synchronous: &str) -> Connection {
     claims_walbuf::register().unwrap();
     let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), claims_walbuf::NAME).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 0; \
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0; \
          CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, v BLOB NOT NULL); \
-         CREATE INDEX IF NOT EXISTS t_k ON t (k);",
-    )
+         CREATE INDEX IF NOT EXISTS t_k ON t (k);"
+    ))
     .unwrap();
     conn
 }
@@ -158,4 +163,23 @@ fn other_connections_read_and_checkpoint_its_wal_and_it_starts_the_wal_over() {
     drop(other);
     drop(conn);
     check(&Connection::open(&path).unwrap(), n);
+}
+
+#[test]
+fn without_a_sync_at_each_commit_other_connections_still_read_every_commit() {
+    // With `synchronous=NORMAL` SQLite does not sync the WAL at a commit, and publishes the
+    // commit in the WAL index right after writing its frames: the shim must have written them out.
+    let d = dir("normal");
+    let path = d.join("a.db");
+    let conn = open_shim_with(&path, "NORMAL");
+    let other = Connection::open(&path).unwrap();
+    let mut n = 0;
+    for batch in [1, 3, 250, 1200] {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        insert(&conn, n, n + batch);
+        conn.execute_batch("COMMIT").unwrap();
+        n += batch;
+        check(&other, n);
+        check(&Connection::open(copy_files(&path, &d)).unwrap(), n);
+    }
 }
