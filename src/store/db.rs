@@ -217,8 +217,9 @@ impl Lite {
         // 10% of the writer's time (docs/benchmarks.md). In memory it costs a copy. Nothing
         // durable depends on it: a failed batch rolls back whole.
         conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
-        // SQLite's default page cache (2 MiB) is kept: 16 and 64 MiB measured 3% and 12% slower
-        // (docs/benchmarks.md), as every commit scans the cache to drop pages past the file's end.
+        // SQLite's default page cache (2 MiB) is kept: 16 and 64 MiB measured 3% and 12% slower at
+        // first, and 16 MiB no faster once commits wrote their WAL frames in a few writes
+        // (docs/benchmarks.md).
         // Checkpoints copy the WAL back into the database file and sync it: by default the
         // committing connection runs one every 1,000 pages, inside the commit a caller waits for.
         // The writer leaves them to a thread of its own (`checkpointer`).
