@@ -22,7 +22,9 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
-use crate::domain::{AccumulatorView, Accumulators, BenefitCode, BenefitUsage, Member, MemberId, PeriodKey};
+use crate::domain::{
+    AccumulatorChanges, AccumulatorView, Accumulators, BenefitCode, BenefitUsage, Member, MemberId, PeriodKey,
+};
 
 /// Every stored usage of some members, as read from `accumulators`.
 pub(super) type StoredUsage = Vec<(MemberId, Vec<(PeriodKey, BenefitCode, BenefitUsage)>)>;
@@ -173,7 +175,8 @@ impl WriterCache {
         self.period_paid.clear();
     }
 
-    /// The book the engine reads for `members` in `keys`; every one of them must be held.
+    /// The book the engine reads for `members` in `keys`, as a copy; every one of them must be
+    /// held. The writer reads through [`WriterCache::view`] instead, which copies nothing.
     pub(super) fn book(&self, members: &[&MemberId], keys: &[PeriodKey]) -> Accumulators {
         let mut acc = Accumulators::new();
         for m in members {
@@ -195,6 +198,15 @@ impl WriterCache {
             }
         }
         acc
+    }
+
+    /// The book the engine reads: what is held, under the changes of the claims settled since
+    /// (`Book::apply`). The members and periods it is asked about must be held.
+    pub(super) fn view(&self) -> Book<'_> {
+        Book {
+            held: self,
+            run: Accumulators::new(),
+        }
     }
 
     /// The writer added `delta` to a member's usage (a held member only; the others are read
@@ -219,6 +231,154 @@ impl WriterCache {
     pub(super) fn add_period_paid(&mut self, key: &PeriodKey, paid: Decimal) {
         if let Some(total) = self.period_paid.get_mut(key) {
             *total += paid;
+        }
+    }
+}
+
+/// The writer's book for a run of claims: the cache as held when the run began, plus the changes
+/// of the run's claims settled so far. It answers as [`WriterCache::book`]'s copy with those
+/// changes applied would (`view_answers_as_the_copy` below), without copying the members' usage:
+/// a member holds a few usages, which a lookup scans.
+pub struct Book<'a> {
+    held: &'a WriterCache,
+    run: Accumulators,
+}
+
+impl Book<'_> {
+    /// A settlement of the run: the claims after it see its changes.
+    pub fn apply(&mut self, changes: &AccumulatorChanges) {
+        self.run.apply(changes);
+    }
+
+    fn held_usages<'s>(
+        &'s self,
+        member: &MemberId,
+    ) -> impl Iterator<Item = (&'s (PeriodKey, BenefitCode), &'s BenefitUsage)> {
+        self.held.usage.get(member).into_iter().flatten()
+    }
+}
+
+impl AccumulatorView for Book<'_> {
+    fn benefit_usage(&self, member: &MemberId, period: &PeriodKey, benefit: &BenefitCode) -> BenefitUsage {
+        let mut usage = self
+            .held_usages(member)
+            .find(|((k, b), _)| k == period && b == benefit)
+            .map(|(_, u)| *u)
+            .unwrap_or_default();
+        usage.add(&self.run.benefit_usage(member, period, benefit));
+        usage
+    }
+
+    fn member_paid(&self, member: &MemberId, period: &PeriodKey) -> Decimal {
+        let held: Decimal = self
+            .held_usages(member)
+            .filter(|((k, _), _)| k == period)
+            .map(|(_, u)| u.paid)
+            .sum();
+        held + self.run.member_paid(member, period)
+    }
+
+    fn aggregate_paid(&self, period: &PeriodKey) -> Decimal {
+        self.held.period_paid.get(period).copied().unwrap_or_default() + self.run.aggregate_paid(period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AccumulatorChange, ProductCode};
+    use proptest::prelude::*;
+
+    fn member(i: u8) -> MemberId {
+        MemberId::parse(&format!("M{i}")).unwrap()
+    }
+
+    fn period(i: u8) -> PeriodKey {
+        PeriodKey {
+            product: ProductCode::parse(&format!("p{}", i % 2)).unwrap(),
+            start: time::Date::from_calendar_date(2022 + i32::from(i / 2), time::Month::January, 1).unwrap(),
+        }
+    }
+
+    fn benefit(i: u8) -> BenefitCode {
+        BenefitCode::parse(&format!("b{i}")).unwrap()
+    }
+
+    fn fen(n: u32) -> Decimal {
+        Decimal::new(i64::from(n), 2)
+    }
+
+    /// (member, period, benefit, deductible, band, paid), small indexes so that entries meet.
+    fn usage_entry() -> impl Strategy<Value = (u8, u8, u8, u32, u32, u32)> {
+        (0u8..3, 0u8..3, 0u8..3, 0u32..5_000, 0u32..50_000, 0u32..20_000)
+    }
+
+    fn usage((_, _, _, d, b, p): (u8, u8, u8, u32, u32, u32)) -> BenefitUsage {
+        BenefitUsage {
+            deductible_used: fen(d),
+            band_position: fen(b),
+            paid: fen(p),
+        }
+    }
+
+    proptest! {
+        /// The writer's view of its cache answers every question exactly as a copy of the book,
+        /// with the same run of changes applied to it, does.
+        #[test]
+        fn view_answers_as_the_copy(
+            held in proptest::collection::vec(usage_entry(), 0..20),
+            totals in proptest::collection::vec((0u8..3, 0u32..1_000_000), 0..4),
+            runs in proptest::collection::vec(proptest::collection::vec(usage_entry(), 1..4), 0..6),
+        ) {
+            let mut cache = WriterCache::new(true);
+            let members: Vec<MemberId> = (0..3).map(member).collect();
+            let keys: Vec<PeriodKey> = (0..3).map(period).collect();
+            let member_refs: Vec<&MemberId> = members.iter().collect();
+            let key_refs: Vec<&PeriodKey> = keys.iter().collect();
+            let mut stored: StoredUsage = Vec::new();
+            for m in 0..3u8 {
+                let mut entries: HashMap<(PeriodKey, BenefitCode), BenefitUsage> = HashMap::new();
+                for e in held.iter().filter(|e| e.0 == m) {
+                    entries.insert((period(e.1), benefit(e.2)), usage(*e));
+                }
+                stored.push((member(m), entries.into_iter().map(|((k, b), u)| (k, b, u)).collect()));
+            }
+            // A period's total covers its members' payouts and others'.
+            let mut paid: HashMap<PeriodKey, Decimal> = HashMap::new();
+            for (_, entries) in &stored {
+                for (k, _, u) in entries {
+                    *paid.entry(k.clone()).or_default() += u.paid;
+                }
+            }
+            for (k, extra) in &totals {
+                *paid.entry(period(*k)).or_default() += fen(*extra);
+            }
+            cache.keep_usage(&member_refs, stored, &key_refs, paid.into_iter().collect());
+
+            let mut copy = cache.book(&member_refs, &keys);
+            let mut view = cache.view();
+            for run in &runs {
+                let changes = AccumulatorChanges {
+                    member: member(run[0].0),
+                    entries: run
+                        .iter()
+                        .map(|e| AccumulatorChange { period: period(e.1), benefit: benefit(e.2), delta: usage(*e) })
+                        .collect(),
+                };
+                copy.apply(&changes);
+                view.apply(&changes);
+                for m in &members {
+                    for k in &keys {
+                        prop_assert_eq!(view.member_paid(m, k), copy.member_paid(m, k));
+                        for b in (0..3).map(benefit) {
+                            prop_assert_eq!(view.benefit_usage(m, k, &b), copy.benefit_usage(m, k, &b));
+                        }
+                    }
+                }
+                for k in &keys {
+                    prop_assert_eq!(view.aggregate_paid(k), copy.aggregate_paid(k));
+                }
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::domain::{
     LossRatio, Member, MemberId, Money, PeriodKey, ProductCode, Reason, Settlement, Terms,
 };
 
+pub use cache::Book;
 use db::{Cols, Conn, Db, Lite, Statement, Val};
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 
@@ -761,8 +762,9 @@ impl Writer {
     }
 
     /// The usage of `members` in the product periods `keys`, with each period's total paid by all
-    /// members (aggregate caps), as one in-memory book.
-    pub async fn accumulators(&mut self, members: &[&MemberId], keys: &[PeriodKey]) -> Result<Accumulators> {
+    /// members (aggregate caps): read where not held, then read in the writer's cache, through
+    /// the returned book, which copies none of it.
+    pub async fn accumulators(&mut self, members: &[&MemberId], keys: &[PeriodKey]) -> Result<Book<'_>> {
         if !self.cache.lasting() && !std::mem::take(&mut self.totals_fresh) {
             // Other writers may change the totals of periods without an aggregate cap (which
             // nobody locks) at any time: read them afresh, unless read just now, after the locks,
@@ -781,7 +783,7 @@ impl Writer {
             load_period_paid(&mut self.conn, self.backend, &keys_missing).await?
         };
         self.cache.keep_usage(&members_missing, usage, &keys_missing, totals);
-        Ok(self.cache.book(members, keys))
+        Ok(self.cache.view())
     }
 
     /// Appends settlements (their layers in the same row), and adds their changes to the accumulators and the
