@@ -9,8 +9,9 @@
 //! - **Period totals** (SQLite only): each period's total paid by all members.
 //!
 //! The cache always equals the database as the writer's own transaction sees it:
-//! - every write of the writer updates it (usage, totals) or drops what it changed (members), at
-//!   once, so a later statement of the same transaction reads its own changes here too;
+//! - every write of the writer updates it (usage, totals, members' categories and enrollments, the
+//!   members it creates), at once, so a later statement of the same transaction reads its own
+//!   changes here too;
 //! - a rollback drops everything, since the writes it undoes were already applied here;
 //! - SQLite's `data_version` tells, at the start of each transaction, whether another connection
 //!   committed since (another process on the same file, or a repair by hand): then everything is
@@ -22,8 +23,11 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
+use time::Date;
+
 use crate::domain::{
-    AccumulatorChanges, AccumulatorView, Accumulators, BenefitCode, BenefitUsage, Member, MemberId, PeriodKey,
+    AccumulatorChanges, AccumulatorView, Accumulators, BenefitCode, BenefitUsage, Category, Member, MemberId, Money,
+    PeriodKey,
 };
 
 /// Every stored usage of some members, as read from `accumulators`.
@@ -108,10 +112,34 @@ impl WriterCache {
         }
     }
 
-    /// These members' categories or enrollments changed.
-    pub(super) fn forget_members<'a>(&mut self, ids: impl IntoIterator<Item = &'a MemberId>) {
+    /// Members this transaction stored for the first time: without categories, enrollments or
+    /// usage, until the writes that follow (which change them here too).
+    pub(super) fn keep_new_members<'a>(&mut self, ids: impl IntoIterator<Item = &'a MemberId>) {
         for id in ids {
-            self.members.remove(id);
+            self.members.insert(id.clone(), Member::new(id.clone()));
+            self.usage.entry(id.clone()).or_default();
+        }
+    }
+
+    /// A member's category from `effective` on was set (a held member changes here too).
+    pub(super) fn set_category(&mut self, id: &MemberId, effective: Date, category: Category) {
+        if let Some(m) = self.members.get_mut(id) {
+            m.categories.set(effective, category);
+        }
+    }
+
+    /// A member's enrollment was stored with its premium in fen (a held member changes here too).
+    pub(super) fn set_enrollment(&mut self, id: &MemberId, key: &PeriodKey, premium_fen: i64) {
+        match Money::from_fen(premium_fen) {
+            Ok(premium) => {
+                if let Some(m) = self.members.get_mut(id) {
+                    m.enrollments.insert(key.clone(), premium);
+                }
+            }
+            // Read back, the row fails as corrupt: so does the member, from the database.
+            Err(_) => {
+                self.members.remove(id);
+            }
         }
     }
 

@@ -1031,18 +1031,26 @@ impl Writer {
         Ok(())
     }
 
-    /// Adds the members not stored yet; one statement per chunk.
+    /// Adds the members not stored yet; one statement per chunk. The writer's cache holds those it
+    /// adds (with nothing enrolled and no usage, as stored), so that their first claims need not
+    /// read them.
     pub async fn ensure_members(&mut self, ids: &[&MemberId], now: &str) -> Result<()> {
         for chunk in statement_chunks(ids, self.conn.rows_per_statement()) {
             let sql = format!(
-                "INSERT INTO members (member_id, created_at) VALUES {} ON CONFLICT (member_id) DO NOTHING",
+                "INSERT INTO members (member_id, created_at) VALUES {} ON CONFLICT (member_id) DO NOTHING \
+                 RETURNING member_id",
                 Params::new(self.backend).values(chunk.len(), 2)
             );
             let values = chunk
                 .iter()
                 .flat_map(|id| [Val::Str(id.as_str()), Val::Str(now)])
                 .collect();
-            self.conn.run(&sql, values).await?;
+            let added = self.conn.rows(&sql, values, |r| r.text("member_id")).await?;
+            let added = added
+                .iter()
+                .map(|id| MemberId::parse(id).map_err(|e| corrupt("members", e)))
+                .collect::<Result<Vec<_>>>()?;
+            self.cache.keep_new_members(&added);
         }
         Ok(())
     }
@@ -1056,7 +1064,9 @@ impl Writer {
     /// date); one statement per chunk. The keys are distinct, as a statement may change a row
     /// only once.
     pub async fn set_categories(&mut self, categories: &BTreeMap<(&MemberId, Date), Category>) -> Result<()> {
-        self.cache.forget_members(categories.keys().map(|(m, _)| *m));
+        for ((member, date), category) in categories {
+            self.cache.set_category(member, *date, *category);
+        }
         let rows: Vec<_> = categories.iter().collect();
         for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
             let sql = format!(
@@ -1134,7 +1144,9 @@ impl Writer {
     /// statement per chunk. The caller works out what they change of the running figures
     /// ([`Writer::enrollment_premiums`], [`Writer::add_to_totals`]).
     pub async fn upsert_enrollments(&mut self, enrollments: &BTreeMap<(&MemberId, &PeriodKey), i64>) -> Result<()> {
-        self.cache.forget_members(enrollments.keys().map(|(m, _)| *m));
+        for ((member, key), premium) in enrollments {
+            self.cache.set_enrollment(member, key, *premium);
+        }
         let rows: Vec<_> = enrollments.iter().collect();
         for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
             let sql = format!(
