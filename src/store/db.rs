@@ -118,7 +118,11 @@ pub(crate) type Statement<'a> = (String, Vec<Val<'a>>);
 /// is refused.
 pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
     match value {
-        Val::Int(v) => out.push_str(&v.to_string()),
+        Val::Int(v) => {
+            use std::fmt::Write;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{v}");
+        }
         Val::Null => out.push_str("NULL"),
         Val::Str(text) => quote_into(out, text)?,
         Val::Text(text) => quote_into(out, text)?,
@@ -126,18 +130,25 @@ pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Copies the text between the characters to double in one piece each: a claim's JSON (most of
+/// what a writer sends) holds few or none, and copying a character at a time was 8% of claimsd's
+/// samples on four PostgreSQL streams (docs/benchmarks.md).
 fn quote_into(out: &mut String, text: &str) -> Result<()> {
-    if text.contains('\0') {
-        return Err(StoreError::Statement("a text value holds a NUL character".into()));
-    }
+    out.reserve(text.len() + 3);
     out.push_str("E'");
-    for c in text.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
+    let mut rest = text;
+    while let Some(at) = memchr::memchr3(b'\'', b'\\', 0, rest.as_bytes()) {
+        // `at` is the index of an ASCII byte: a character boundary.
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        match from.as_bytes().first() {
+            Some(b'\'') => out.push_str("''"),
+            Some(b'\\') => out.push_str("\\\\"),
+            _ => return Err(StoreError::Statement("a text value holds a NUL character".into())),
         }
+        rest = from.get(1..).unwrap_or("");
     }
+    out.push_str(rest);
     out.push('\'');
     Ok(())
 }
