@@ -1006,7 +1006,7 @@ fn prefetch_of<'a>(plan: &'a LockPlan, batch: &'a [Command], catalogue: &Catalog
 async fn take_period_locks(w: &mut Writer, mut plan: LockPlan, catalogue: &Catalogue) -> Result<(), StoreError> {
     let claimants: Vec<&MemberId> = plan.claimants.iter().collect();
     for member in w.members(&claimants).await?.into_values() {
-        plan.periods.extend(member.enrollments.into_keys());
+        plan.periods.extend(member.enrollments.keys().cloned());
     }
     w.lock(capped_period_locks(catalogue, &plan.periods)).await
 }

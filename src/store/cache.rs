@@ -20,6 +20,7 @@
 //! - It holds at most [`CACHED_MEMBERS_MAX`] members; past that it starts empty again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 
@@ -42,7 +43,8 @@ pub(super) struct WriterCache {
     lasting: bool,
     /// SQLite's `PRAGMA data_version` at the start of the current transaction.
     data_version: Option<i64>,
-    members: HashMap<MemberId, Member>,
+    /// Shared with the runs that read them: a run's lookup copies no categories or enrollments.
+    members: HashMap<MemberId, Arc<Member>>,
     /// Every stored usage of each member held (an empty map: none stored).
     usage: HashMap<MemberId, HashMap<(PeriodKey, BenefitCode), BenefitUsage>>,
     /// Each period's total paid by all members.
@@ -93,12 +95,16 @@ impl WriterCache {
     }
 
     /// The members held; the others must be read.
-    pub(super) fn members<'a>(&self, ids: &[&'a MemberId], found: &mut HashMap<MemberId, Member>) -> Vec<&'a MemberId> {
+    pub(super) fn members<'a>(
+        &self,
+        ids: &[&'a MemberId],
+        found: &mut HashMap<MemberId, Arc<Member>>,
+    ) -> Vec<&'a MemberId> {
         let mut missing = Vec::new();
         for id in ids {
             match self.members.get(*id) {
                 Some(m) => {
-                    found.insert((*id).clone(), m.clone());
+                    found.insert((*id).clone(), Arc::clone(m));
                 }
                 None => missing.push(*id),
             }
@@ -106,9 +112,9 @@ impl WriterCache {
         missing
     }
 
-    pub(super) fn keep_members<'a>(&mut self, members: impl IntoIterator<Item = &'a Member>) {
+    pub(super) fn keep_members<'a>(&mut self, members: impl IntoIterator<Item = &'a Arc<Member>>) {
         for m in members {
-            self.members.insert(m.id.clone(), m.clone());
+            self.members.insert(m.id.clone(), Arc::clone(m));
         }
     }
 
@@ -116,7 +122,7 @@ impl WriterCache {
     /// usage, until the writes that follow (which change them here too).
     pub(super) fn keep_new_members<'a>(&mut self, ids: impl IntoIterator<Item = &'a MemberId>) {
         for id in ids {
-            self.members.insert(id.clone(), Member::new(id.clone()));
+            self.members.insert(id.clone(), Arc::new(Member::new(id.clone())));
             self.usage.entry(id.clone()).or_default();
         }
     }
@@ -124,7 +130,7 @@ impl WriterCache {
     /// A member's category from `effective` on was set (a held member changes here too).
     pub(super) fn set_category(&mut self, id: &MemberId, effective: Date, category: Category) {
         if let Some(m) = self.members.get_mut(id) {
-            m.categories.set(effective, category);
+            Arc::make_mut(m).categories.set(effective, category);
         }
     }
 
@@ -133,7 +139,7 @@ impl WriterCache {
         match Money::from_fen(premium_fen) {
             Ok(premium) => {
                 if let Some(m) = self.members.get_mut(id) {
-                    m.enrollments.insert(key.clone(), premium);
+                    Arc::make_mut(m).enrollments.insert(key.clone(), premium);
                 }
             }
             // Read back, the row fails as corrupt: so does the member, from the database.

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -622,7 +623,7 @@ impl Writer {
                         let (key, stored) = claim_row(r)?;
                         claims.insert(key, stored);
                     }
-                    Part::Members => members.push(member_row(r)?),
+                    Part::Members => members.push(Arc::new(member_row(r)?)),
                     Part::Usage => usage.push(usage_row(r)?),
                     Part::Totals => totals.push(period_paid_row(r)?),
                 }
@@ -749,14 +750,15 @@ impl Writer {
     }
 
     /// The members among `ids` that exist, with categories and enrollments.
-    pub async fn members(&mut self, ids: &[&MemberId]) -> Result<HashMap<MemberId, Member>> {
+    pub async fn members(&mut self, ids: &[&MemberId]) -> Result<HashMap<MemberId, Arc<Member>>> {
         let mut found = HashMap::new();
         let missing = self.cache.members(ids, &mut found);
         if !missing.is_empty() {
             let mut loaded = HashMap::new();
             load_members(&mut self.conn, self.backend, &missing, &mut loaded).await?;
-            self.cache.keep_members(loaded.values());
-            found.extend(loaded);
+            let loaded: Vec<Arc<Member>> = loaded.into_values().map(Arc::new).collect();
+            self.cache.keep_members(&loaded);
+            found.extend(loaded.into_iter().map(|m| (m.id.clone(), m)));
         }
         Ok(found)
     }
