@@ -1047,12 +1047,15 @@ impl Writer {
                 .iter()
                 .flat_map(|id| [Val::Str(id.as_str()), Val::Str(now)])
                 .collect();
-            let added = self.conn.rows(&sql, values, |r| r.text("member_id")).await?;
-            let added = added
-                .iter()
-                .map(|id| MemberId::parse(id).map_err(|e| corrupt("members", e)))
-                .collect::<Result<Vec<_>>>()?;
-            self.cache.keep_new_members(&added);
+            // The ids returned are among those sent: the chunk's own, already parsed, are kept.
+            let added: BTreeSet<String> = self
+                .conn
+                .rows(&sql, values, |r| r.text("member_id"))
+                .await?
+                .into_iter()
+                .collect();
+            self.cache
+                .keep_new_members(chunk.iter().copied().filter(|id| added.contains(id.as_str())));
         }
         Ok(())
     }
