@@ -3,8 +3,10 @@
 //!
 //! Every change goes through a writer task, fed by a bounded channel. A writer takes whatever
 //! commands are waiting (up to `batch_max`), runs them in one transaction and answers them only
-//! after the commit returned: several claims share one durable commit, and no reply is sent for
-//! anything that could still be lost. A member's claims always go to the same writer, whose channel
+//! once the commit is durable: several claims share one durable commit, and no reply is sent for
+//! anything that could still be lost. SQLite's commit returns before it is durable; the writer
+//! goes on with the next batch while a thread of its own syncs the WAL and then answers
+//! (`durable`). A member's claims always go to the same writer, whose channel
 //! is FIFO, so claims of one member sent in order settle in that order.
 //!
 //! SQLite has one writer. On PostgreSQL a process runs several (`LedgerConfig::writers`) and several
@@ -20,6 +22,7 @@
 //! between transactions and checks SQLite's `data_version` at each one, so a change committed by
 //! any other connection empties it (`store::cache`). Either way a restart needs no warm-up.
 
+mod durable;
 mod statistics;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -180,6 +183,10 @@ impl Ledger {
             let (tx, rx) = mpsc::channel(config.queue_max.max(1));
             senders.push(tx);
             let blocking = writer.blocking();
+            let syncer = match writer.wal_sync() {
+                Some(_) => Some(durable::Syncer::start(loss_ratio.clone())?),
+                None => None,
+            };
             let task = WriterTask {
                 store: store.clone(),
                 writer,
@@ -193,6 +200,7 @@ impl Ledger {
                 },
                 loss_ratio: loss_ratio.clone(),
                 growth: growth.clone(),
+                syncer,
             };
             tasks.push(if blocking {
                 run_on_own_thread(task)?
@@ -360,6 +368,9 @@ struct WriterTask {
     loss_ratio: broadcast::Sender<LossRatioEvent>,
     /// Settlements committed by this process's writers, for the planner statistics (PostgreSQL).
     growth: Arc<statistics::GrowthTrigger>,
+    /// Where the writer's commits return before they are durable (SQLite): the thread that syncs
+    /// them and then answers.
+    syncer: Option<durable::Syncer>,
 }
 
 /// What a batch changed, to publish after its commit.
@@ -380,31 +391,31 @@ impl WriterTask {
             }
             self.process(std::mem::take(&mut batch)).await;
         }
+        // Every batch handed to the sync thread is answered before the connection closes.
+        drop(self.syncer.take());
         tracing::info!("ledger writer stopped");
+    }
+
+    /// The figures of every touched product period, to publish; one query.
+    async fn figures(&mut self, touched: &BTreeSet<PeriodKey>) -> Vec<(PeriodKey, LossRatio, i64)> {
+        if touched.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<&PeriodKey> = touched.iter().collect();
+        match self.writer.loss_ratios_of(&keys).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read loss-ratio figures to publish");
+                Vec::new()
+            }
+        }
     }
 
     /// Pushes the new figures of every touched product period to the metrics gauges and, with
     /// `broadcast`, to `WatchLossRatio` subscribers; one query.
     async fn publish(&mut self, touched: &BTreeSet<PeriodKey>, broadcast: bool) {
-        if touched.is_empty() {
-            return;
-        }
-        let keys: Vec<&PeriodKey> = touched.iter().collect();
-        match self.writer.loss_ratios_of(&keys).await {
-            Ok(rows) => {
-                for (key, figures, enrolled_members) in rows {
-                    crate::telemetry::record_loss_ratio(&key, &figures);
-                    if broadcast {
-                        let _ = self.loss_ratio.send(LossRatioEvent {
-                            key,
-                            figures,
-                            enrolled_members,
-                        });
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not read loss-ratio figures to publish"),
-        }
+        let figures = self.figures(touched).await;
+        durable::announce(figures, broadcast, &self.loss_ratio);
     }
 
     fn current_catalogue(&self) -> Arc<Catalogue> {
@@ -416,9 +427,15 @@ impl WriterTask {
 
     #[tracing::instrument(skip_all, fields(batch = batch.len()))]
     async fn process(&mut self, batch: Vec<Command>) {
+        if self.syncer.as_ref().is_some_and(durable::Syncer::failed) {
+            for Command { reply, .. } in batch {
+                let _ = reply.send(Err(durable::refusal()));
+            }
+            return;
+        }
         let mut effects = BatchEffects::default();
         let mut touched = BTreeSet::new();
-        let mut answers: Vec<(Reply, Result<Response, LedgerError>)> = Vec::with_capacity(batch.len());
+        let mut answers: durable::Answers = Vec::with_capacity(batch.len());
         let started = std::time::Instant::now();
         let commands = batch.len();
         let outcome = self.run_batch(batch, &mut effects, &mut touched, &mut answers).await;
@@ -477,13 +494,34 @@ impl WriterTask {
         // replies go first and the query only updates the gauges: one who starts watching now
         // reads figures that already hold this batch's changes, and is not sent them again.
         let watched = self.loss_ratio.receiver_count() > 0;
+        if let Some(wal) = self.writer.wal_sync() {
+            // Committed, not yet durable. With commands waiting, the sync thread syncs and answers
+            // while the writer settles them; the figures are read now, before the next batch
+            // changes them. With none, the writer syncs itself and answers as below.
+            let here = self.commands.is_empty() && self.syncer.as_ref().is_some_and(durable::Syncer::idle);
+            if !here {
+                let figures = self.figures(&touched).await;
+                let delivery = durable::Delivery {
+                    wal,
+                    answers,
+                    figures,
+                    broadcast: watched,
+                };
+                match &self.syncer {
+                    Some(syncer) => syncer.hand(delivery),
+                    None => durable::refuse(delivery.answers),
+                }
+                return;
+            }
+            if !self.syncer.as_ref().is_some_and(|s| s.sync_here(&wal)) {
+                durable::refuse(answers);
+                return;
+            }
+        }
         if watched {
             self.publish(&touched, true).await;
         }
-        for (reply, answer) in answers {
-            // A caller that went away (dropped stream) does not undo a committed settlement.
-            let _ = reply.send(answer);
-        }
+        durable::answer(answers);
         if !watched {
             self.publish(&touched, false).await;
         }
@@ -497,7 +535,7 @@ impl WriterTask {
         batch: Vec<Command>,
         effects: &mut BatchEffects,
         touched: &mut BTreeSet<PeriodKey>,
-        answers: &mut Vec<(Reply, Result<Response, LedgerError>)>,
+        answers: &mut durable::Answers,
     ) -> Result<(), StoreError> {
         let plan = if self.writer.concurrent() {
             Some(lock_plan(&mut self.writer, &batch).await?)

@@ -195,6 +195,9 @@ impl Db for AnyConnection {
 /// is what it is for.
 pub(crate) struct Lite {
     conn: rusqlite::Connection,
+    /// Makes this connection's commits durable: they return once their WAL frames are written,
+    /// before they are synced (see [`Lite::open`]).
+    wal: WalSync,
     /// Dropped with the writer, which stops its checkpointer.
     _checkpointer: std::sync::mpsc::Sender<()>,
     /// Set by the checkpointer when the WAL is long and has been copied: see
@@ -211,9 +214,17 @@ const STATEMENT_CACHE: usize = 128;
 const LITE_ROWS_PER_STATEMENT: usize = 32;
 
 impl Lite {
-    /// Opens the database file with the settings of every connection of the store: WAL, commits
-    /// durable before they return (`synchronous = FULL`), waits of up to 10 s for another process's
-    /// write lock, foreign keys checked.
+    /// Opens the database file in WAL mode, with waits of up to 10 s for another process's write
+    /// lock and foreign keys checked.
+    ///
+    /// Unlike every other connection of the store, a commit returns once its WAL frames are
+    /// written, before they are synced (`synchronous = OFF`): the ledger syncs the WAL through
+    /// [`Lite::wal`] on a thread of its own, while this connection goes on with the next batch,
+    /// and answers a batch only once a sync that began after its commit returned. Waiting for the
+    /// sync inside `COMMIT` left the writer idle a fifth of the time (docs/benchmarks.md). Every
+    /// checkpoint still syncs the WAL before it copies frames into the database file, and the
+    /// database file before the WAL may start over: the checkpointer's connection is `FULL`, and
+    /// so is this one whenever it checkpoints itself ([`Lite::before_transaction`], and on close).
     pub(crate) fn open(path: &Path) -> Result<Lite> {
         // Through the shim of crates/walbuf: a commit's WAL frames reach the file in a few writes
         // instead of two per page (a fifth of the writer's time, docs/benchmarks.md), before the
@@ -222,7 +233,7 @@ impl Lite {
         let conn =
             rusqlite::Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), claims_walbuf::NAME)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA foreign_keys = ON;")?;
         // A multi-row statement that may fail halfway keeps the pages it changes in a statement
         // journal, to take itself back alone; in a temporary file by default, whose writes were
         // 10% of the writer's time (docs/benchmarks.md). In memory it costs a copy. Nothing
@@ -238,8 +249,11 @@ impl Lite {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let restart_wanted = Arc::new(AtomicBool::new(false));
         let checkpointer = checkpointer(path, restart_wanted.clone())?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
         Ok(Lite {
             conn,
+            wal: WalSync::of_path(PathBuf::from(wal)),
             _checkpointer: checkpointer,
             restart_wanted,
         })
@@ -253,13 +267,12 @@ impl Lite {
     /// has copied a long WAL, the writer copies the few frames committed since, here, between
     /// two transactions: its next transaction then writes from the WAL's start, over pages the
     /// kernel already holds.
+    /// The copy syncs the WAL before it, and the database file after it (this connection is
+    /// `FULL` for it): the WAL then starting over cannot lose a commit.
     pub(crate) fn before_transaction(&mut self) {
         if self.restart_wanted.swap(false, Ordering::Relaxed) {
             let started = std::time::Instant::now();
-            match self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2))
-            {
+            match self.checkpoint_synced() {
                 Ok(copied) => tracing::debug!(
                     copied,
                     ms = started.elapsed().as_secs_f64() * 1e3,
@@ -268,6 +281,105 @@ impl Lite {
                 Err(e) => tracing::warn!(error = %e, "WAL checkpoint before a transaction failed"),
             }
         }
+    }
+
+    /// A `PASSIVE` checkpoint with `synchronous = FULL`, which syncs the WAL before copying it and
+    /// the database file before letting the WAL start over; the connection is `OFF` again after
+    /// it, whatever happened. Returns the frames copied.
+    fn checkpoint_synced(&self) -> rusqlite::Result<i64> {
+        self.conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        let copied = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2));
+        let off = self.conn.execute_batch("PRAGMA synchronous = OFF;");
+        let copied = copied?;
+        off?;
+        Ok(copied)
+    }
+
+    /// What makes this connection's commits durable.
+    pub(crate) fn wal(&self) -> &WalSync {
+        &self.wal
+    }
+}
+
+impl Drop for Lite {
+    /// The last connection to close checkpoints the WAL and deletes it; with this connection's own
+    /// setting (`OFF`) that checkpoint would not sync the database file first.
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = FULL;") {
+            tracing::error!(error = %e, "could not make the writer's closing checkpoint sync");
+        }
+    }
+}
+
+/// Syncs a writer's WAL file: every commit that returned before [`WalSync::sync`] began is durable
+/// once it returns `Ok`. Through a descriptor of its own, opened on first use: a sync makes every
+/// write to the file durable, whichever descriptor wrote it. SQLite keeps the WAL file (the same
+/// inode) while a connection is open, and the writer's connection outlives every sync; should the
+/// path name another file after a sync all the same, the new one is opened and synced too.
+#[derive(Clone)]
+pub struct WalSync {
+    inner: Arc<std::sync::Mutex<WalFile>>,
+}
+
+struct WalFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl WalSync {
+    /// Syncs the file at `path`, opened on first use.
+    pub(crate) fn of_path(path: PathBuf) -> WalSync {
+        WalSync {
+            inner: Arc::new(std::sync::Mutex::new(WalFile { path, file: None })),
+        }
+    }
+
+    /// Whether both sync the same file through the same descriptor (one writer's connection).
+    pub fn same(&self, other: &WalSync) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Makes every commit returned so far durable (`fdatasync` of the WAL file). An error means
+    /// some of them may not be: the caller must not acknowledge them, nor anything after them.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let mut wal = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for _ in 0..2 {
+            let file = match wal.file.take() {
+                Some(file) => file,
+                None => std::fs::File::open(&wal.path)?,
+            };
+            file.sync_data()?;
+            let same = same_file(&file, &wal.path)?;
+            wal.file = Some(file);
+            if same {
+                return Ok(());
+            }
+            wal.file = None;
+        }
+        Err(std::io::Error::other(format!(
+            "{} changed twice while it was synced",
+            wal.path.display()
+        )))
+    }
+}
+
+/// Whether `path` still names the file open as `file`.
+fn same_file(file: &std::fs::File, path: &Path) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (open, named) = (file.metadata()?, std::fs::metadata(path)?);
+        Ok(open.dev() == named.dev() && open.ino() == named.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        Ok(true)
     }
 }
 
@@ -537,6 +649,74 @@ pub(crate) fn sqlite_path(url: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn synchronous(lite: &Lite) -> i64 {
+        lite.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("PRAGMA synchronous: {e}"))
+    }
+
+    /// The writer's commits do not sync (the ledger syncs the WAL after them), and its own
+    /// checkpoint copies the WAL and leaves the connection so.
+    #[test]
+    fn the_writer_commits_unsynced_and_checkpoints_back_to_unsynced() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("claims.db");
+        let mut lite = Lite::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(synchronous(&lite), 0, "OFF");
+        lite.conn
+            .execute_batch("CREATE TABLE t (v INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT;")
+            .unwrap_or_else(|e| panic!("{e}"));
+        lite.wal()
+            .sync()
+            .unwrap_or_else(|e| panic!("sync of {}-wal: {e}", path.display()));
+        assert!(
+            lite.checkpoint_synced().unwrap_or_else(|e| panic!("{e}")) > 0,
+            "frames copied"
+        );
+        assert_eq!(synchronous(&lite), 0, "OFF again after the checkpoint");
+        lite.restart_wanted.store(true, Ordering::Relaxed);
+        lite.before_transaction();
+        assert_eq!(
+            synchronous(&lite),
+            0,
+            "OFF again after the checkpoint before a transaction"
+        );
+        assert!(!lite.restart_wanted.load(Ordering::Relaxed));
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap_or_else(|e| panic!("{e}")).ino()
+    }
+
+    /// A sync opens the file once and keeps it; when the path names another file, it syncs that one
+    /// and keeps it instead; a missing file is an error, not a silent success.
+    #[test]
+    fn a_wal_sync_follows_the_file_its_path_names() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("claims.db-wal");
+        let wal = WalSync::of_path(path.clone());
+        assert!(wal.sync().is_err(), "no file yet");
+        std::fs::write(&path, b"first").unwrap_or_else(|e| panic!("{e}"));
+        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        let held = |wal: &WalSync| {
+            use std::os::unix::fs::MetadataExt;
+            let inner = wal.inner.lock().unwrap_or_else(|e| panic!("{e}"));
+            inner
+                .file
+                .as_ref()
+                .map(|f| f.metadata().map(|m| m.ino()).unwrap_or_else(|e| panic!("{e}")))
+        };
+        assert_eq!(held(&wal), Some(inode(&path)));
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"second").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&other, &path).unwrap_or_else(|e| panic!("{e}"));
+        wal.sync().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(held(&wal), Some(inode(&path)), "the file the path names now");
+        assert!(wal.same(&wal.clone()));
+        assert!(!wal.same(&WalSync::of_path(path)));
+    }
 
     fn literal(value: Val<'_>) -> Result<String> {
         let mut out = String::new();

@@ -30,6 +30,7 @@ use crate::domain::{
 };
 
 pub use cache::Book;
+pub use db::WalSync;
 use db::{Cols, Conn, Db, Lite, Statement, Val};
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 
@@ -687,12 +688,24 @@ impl Writer {
         Ok(())
     }
 
+    /// Commits the transaction. On SQLite the commit is visible when this returns but not yet
+    /// durable: nothing of it may be acknowledged before a [`WalSync::sync`] of
+    /// [`Writer::wal_sync`] that began after it returns `Ok`. On PostgreSQL it is durable.
     pub async fn commit(&mut self) -> Result<()> {
         if let Err(e) = self.conn.run("COMMIT", Vec::new()).await {
             self.cache.rolled_back();
             return Err(e);
         }
         Ok(())
+    }
+
+    /// What makes this writer's commits durable, where they return before they are (SQLite); `None`
+    /// where a commit is durable when it returns (PostgreSQL).
+    pub fn wal_sync(&self) -> Option<WalSync> {
+        match &self.conn {
+            Conn::Lite(lite) => Some(lite.wal().clone()),
+            Conn::Any(..) => None,
+        }
     }
 
     pub async fn rollback(&mut self) -> Result<()> {
