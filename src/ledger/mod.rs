@@ -325,6 +325,13 @@ impl Ledger {
 /// The name of a writer's own thread (SQLite's), by which `BenchService` finds its CPU time.
 pub const WRITER_THREAD: &str = "claims-writer";
 
+/// Commands waiting after a SQLite commit from which the writer hands the commit's sync to the
+/// sync thread and goes on with them. With 64 callers of `SettleOne` and every sync handed over,
+/// batches fell to a few claims each (most under 8, against about 64 when the writer syncs itself)
+/// and the rate by 7%; from 32 it fell by 3%. One stream with 256 in flight leaves 96 to 160
+/// waiting, and gained 21% either way (docs/benchmarks.md).
+const HAND_OFF_FROM: usize = 32;
+
 /// Runs a writer whose statements block (SQLite through rusqlite) on a thread of its own, with a
 /// runtime of its own: its statements then block nothing else, and a batch costs one hand-off (the
 /// channel) instead of two per statement. The returned task ends when the writer does.
@@ -495,10 +502,12 @@ impl WriterTask {
         // reads figures that already hold this batch's changes, and is not sent them again.
         let watched = self.loss_ratio.receiver_count() > 0;
         if let Some(wal) = self.writer.wal_sync() {
-            // Committed, not yet durable. With commands waiting, the sync thread syncs and answers
-            // while the writer settles them; the figures are read now, before the next batch
-            // changes them. With none, the writer syncs itself and answers as below.
-            let here = self.commands.is_empty() && self.syncer.as_ref().is_some_and(durable::Syncer::idle);
+            // Committed, not yet durable. With a batch's worth of commands waiting, the sync thread
+            // syncs and answers while the writer settles them; the figures are read now, before
+            // the next batch changes them. With fewer, the writer syncs itself and answers as
+            // below: they would make a small batch, and a stream of small batches, each with its
+            // own commit, costs more than the sync thread saves (`HAND_OFF_FROM`).
+            let here = self.commands.len() < HAND_OFF_FROM && self.syncer.as_ref().is_some_and(durable::Syncer::idle);
             if !here {
                 let figures = self.figures(&touched).await;
                 let delivery = durable::Delivery {
