@@ -150,6 +150,24 @@ impl Application {
         health.set_serving::<TermsServiceServer<TermsApi>>().await;
         health.set_serving::<MemberServiceServer<MemberApi>>().await;
         health.set_serving::<ReportServiceServer<ReportApi>>().await;
+        // A writer that could not make a commit durable refuses every change from then on: the
+        // services that change anything say so, and so does the server as a whole; reports still
+        // answer.
+        let mut durability_lost = ledger.durability_lost();
+        let lost_health = health.clone();
+        tokio::spawn(async move {
+            if durability_lost.wait_for(|lost| *lost).await.is_ok() {
+                tracing::error!("a commit could not be made durable: reporting NOT_SERVING until a restart");
+                lost_health
+                    .set_not_serving::<SettlementServiceServer<SettlementApi>>()
+                    .await;
+                lost_health.set_not_serving::<TermsServiceServer<TermsApi>>().await;
+                lost_health.set_not_serving::<MemberServiceServer<MemberApi>>().await;
+                lost_health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        });
         // Both reflection versions: grpcurl and older tools ask for v1alpha.
         let reflection = || {
             let builder = tonic_reflection::server::Builder::configure()

@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::{LedgerError, LossRatioEvent, Reply, Response};
 use crate::domain::{LossRatio, PeriodKey};
@@ -103,19 +103,43 @@ pub(super) fn refusal() -> LedgerError {
 /// The sync thread of one writer. Dropping it waits for every batch handed over to be answered.
 pub(super) struct Syncer {
     deliveries: Option<std::sync::mpsc::Sender<Delivery>>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<Failed>,
     /// Batches handed over and not yet answered.
     pending: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Set once a sync failed, for good.
+struct Failed {
+    flag: AtomicBool,
+    lost: watch::Sender<bool>,
+}
+
+impl Failed {
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.lost.send_replace(true);
+    }
 }
 
 /// The name of the sync thread.
 pub const SYNC_THREAD: &str = "claims-wal-sync";
 
 impl Syncer {
-    pub(super) fn start(loss_ratio: broadcast::Sender<LossRatioEvent>) -> Result<Syncer, LedgerError> {
+    /// `lost` turns true when a sync fails (the health service reports it).
+    pub(super) fn start(
+        loss_ratio: broadcast::Sender<LossRatioEvent>,
+        lost: watch::Sender<bool>,
+    ) -> Result<Syncer, LedgerError> {
         let (deliveries, handed) = std::sync::mpsc::channel::<Delivery>();
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(Failed {
+            flag: AtomicBool::new(false),
+            lost,
+        });
         let failed_flag = failed.clone();
         let pending = Arc::new(AtomicUsize::new(0));
         let unanswered = pending.clone();
@@ -125,7 +149,7 @@ impl Syncer {
                 while let Ok(first) = handed.recv() {
                     let mut group = vec![first];
                     group.extend(handed.try_iter());
-                    let synced = if failed_flag.load(Ordering::Acquire) {
+                    let synced = if failed_flag.is_set() {
                         false
                     } else {
                         match sync_all(&group) {
@@ -136,7 +160,7 @@ impl Syncer {
                                     "the WAL could not be synced; no further change is acknowledged until a restart"
                                 );
                                 metrics::counter!("claims_ledger_batches_failed_total").increment(group.len() as u64);
-                                failed_flag.store(true, Ordering::Release);
+                                failed_flag.set();
                                 false
                             }
                         }
@@ -163,7 +187,7 @@ impl Syncer {
 
     /// A sync failed: nothing more may be acknowledged.
     pub(super) fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.failed.is_set()
     }
 
     /// Hands a committed batch over; its answers go out once a sync begun after now succeeds.
@@ -176,7 +200,7 @@ impl Syncer {
         if let Err(std::sync::mpsc::SendError(delivery)) = deliveries.send(delivery) {
             // The thread is gone (it panicked): nobody can sync for this batch.
             tracing::error!("the WAL sync thread stopped; the batch is refused");
-            self.failed.store(true, Ordering::Release);
+            self.failed.set();
             self.pending.fetch_sub(1, Ordering::AcqRel);
             refuse(delivery.answers);
         }
@@ -200,7 +224,7 @@ impl Syncer {
                     "the WAL could not be synced; no further change is acknowledged until a restart"
                 );
                 metrics::counter!("claims_ledger_batches_failed_total").increment(1);
-                self.failed.store(true, Ordering::Release);
+                self.failed.set();
                 false
             }
         }
@@ -264,7 +288,8 @@ mod tests {
         let path = dir.path().join("claims.db-wal");
         std::fs::write(&path, b"frames").unwrap();
         let (events, mut watching) = broadcast::channel(4);
-        let syncer = Syncer::start(events).unwrap();
+        let (lost, lost_seen) = watch::channel(false);
+        let syncer = Syncer::start(events, lost).unwrap();
         let (answers, receivers) = batch(3);
         syncer.hand(Delivery {
             wal: WalSync::of_path(path),
@@ -275,6 +300,7 @@ mod tests {
         drop(syncer);
         assert!(receivers.into_iter().all(answered_ok));
         assert!(watching.try_recv().is_err(), "no figures, nothing broadcast");
+        assert!(!*lost_seen.borrow());
     }
 
     #[test]
@@ -283,7 +309,8 @@ mod tests {
         let good = dir.path().join("claims.db-wal");
         std::fs::write(&good, b"frames").unwrap();
         let (events, _) = broadcast::channel(4);
-        let syncer = Syncer::start(events).unwrap();
+        let (lost, lost_seen) = watch::channel(false);
+        let syncer = Syncer::start(events, lost).unwrap();
         // A WAL that cannot be opened: the sync fails.
         let (first, first_rx) = batch(2);
         syncer.hand(Delivery {
@@ -294,6 +321,7 @@ mod tests {
         });
         assert!(first_rx.into_iter().all(refused));
         assert!(syncer.failed());
+        assert!(*lost_seen.borrow(), "the health service is told");
         // A later batch on a WAL that would sync is refused all the same.
         let (later, later_rx) = batch(2);
         syncer.hand(Delivery {

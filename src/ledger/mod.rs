@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use time::Date;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::domain::{
     layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
@@ -148,6 +148,9 @@ pub struct Ledger {
     store: Store,
     catalogue: Arc<RwLock<Arc<Catalogue>>>,
     loss_ratio: broadcast::Sender<LossRatioEvent>,
+    /// Turns true when a writer could not make a commit durable (`durable`); closed where commits
+    /// are durable when they return (PostgreSQL).
+    durability_lost: watch::Receiver<bool>,
 }
 
 /// A pending answer from the writer.
@@ -171,6 +174,7 @@ impl Ledger {
         let writers = if concurrent { config.writers.max(1) } else { 1 };
         let catalogue = Arc::new(RwLock::new(Arc::new(catalogue)));
         let (loss_ratio, _) = broadcast::channel(1024);
+        let (durability_lost, durability_lost_seen) = watch::channel(false);
         let mut senders = Vec::with_capacity(writers);
         let mut tasks = Vec::with_capacity(writers);
         let mut first = Some(first);
@@ -184,7 +188,7 @@ impl Ledger {
             senders.push(tx);
             let blocking = writer.blocking();
             let syncer = match writer.wal_sync() {
-                Some(_) => Some(durable::Syncer::start(loss_ratio.clone())?),
+                Some(_) => Some(durable::Syncer::start(loss_ratio.clone(), durability_lost.clone())?),
                 None => None,
             };
             let task = WriterTask {
@@ -221,6 +225,7 @@ impl Ledger {
                 store,
                 catalogue,
                 loss_ratio,
+                durability_lost: durability_lost_seen,
             },
             handle,
         ))
@@ -237,6 +242,13 @@ impl Ledger {
             // A writer panicking while holding the lock leaves a usable catalogue behind.
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Turns true once a writer could not make a commit durable: from then on the ledger refuses
+    /// every change (UNAVAILABLE) until the process is restarted. Never changes, and ends, where
+    /// commits are durable when they return (PostgreSQL).
+    pub fn durability_lost(&self) -> watch::Receiver<bool> {
+        self.durability_lost.clone()
     }
 
     pub fn watch_loss_ratio(&self) -> broadcast::Receiver<LossRatioEvent> {
