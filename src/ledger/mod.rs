@@ -377,6 +377,11 @@ pub async fn wait(pending: Pending) -> Result<Response, LedgerError> {
 }
 
 struct WriterTask {
+    /// Where the writer's commits return before they are durable (SQLite): the thread that syncs
+    /// them and then answers. First, so that it is dropped first: every batch handed to it is answered
+    /// before the writer's connection closes (as `run` does when the queue closes), also when the
+    /// task panics.
+    syncer: Option<durable::Syncer>,
     store: Store,
     writer: Writer,
     commands: mpsc::Receiver<Command>,
@@ -387,9 +392,6 @@ struct WriterTask {
     loss_ratio: broadcast::Sender<LossRatioEvent>,
     /// Settlements committed by this process's writers, for the planner statistics (PostgreSQL).
     growth: Arc<statistics::GrowthTrigger>,
-    /// Where the writer's commits return before they are durable (SQLite): the thread that syncs
-    /// them and then answers.
-    syncer: Option<durable::Syncer>,
 }
 
 /// What a batch changed, to publish after its commit.

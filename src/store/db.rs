@@ -249,11 +249,15 @@ impl Lite {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let restart_wanted = Arc::new(AtomicBool::new(false));
         let checkpointer = checkpointer(path, restart_wanted.clone())?;
+        // The WAL file exists once the connection is in WAL mode. Opened now, the sync's
+        // descriptor is this connection's WAL file, whatever happens to the path later.
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
+        let wal = WalSync::of_path(PathBuf::from(wal));
+        wal.open().map_err(StoreError::Wal)?;
         Ok(Lite {
             conn,
-            wal: WalSync::of_path(PathBuf::from(wal)),
+            wal,
             _checkpointer: checkpointer,
             restart_wanted,
         })
@@ -334,6 +338,18 @@ impl WalSync {
         WalSync {
             inner: Arc::new(std::sync::Mutex::new(WalFile { path, file: None })),
         }
+    }
+
+    /// Opens the file now, if not yet open.
+    fn open(&self) -> std::io::Result<()> {
+        let mut wal = match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if wal.file.is_none() {
+            wal.file = Some(std::fs::File::open(&wal.path)?);
+        }
+        Ok(())
     }
 
     /// Whether both sync the same file through the same descriptor (one writer's connection).

@@ -50,6 +50,9 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("could not start a thread: {0}")]
     Thread(std::io::Error),
+    /// The writer's WAL file could not be opened to sync it.
+    #[error("the WAL file: {0}")]
+    Wal(std::io::Error),
     #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     /// A statement the store could not put together or whose answers do not match it.
