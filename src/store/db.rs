@@ -318,10 +318,11 @@ impl Drop for Lite {
 }
 
 /// Syncs a writer's WAL file: every commit that returned before [`WalSync::sync`] began is durable
-/// once it returns `Ok`. Through a descriptor of its own, opened on first use: a sync makes every
-/// write to the file durable, whichever descriptor wrote it. SQLite keeps the WAL file (the same
-/// inode) while a connection is open, and the writer's connection outlives every sync; should the
-/// path name another file after a sync all the same, the new one is opened and synced too.
+/// once it returns `Ok`. Through a descriptor of its own, opened with the writer's connection: a
+/// sync makes every write to the file durable, whichever descriptor wrote it. SQLite keeps the WAL
+/// file (the same inode) while any connection to the database is open, and the writer's stays open
+/// until every sync of its commits is done; should the path name another file all the same, the
+/// commits are in a file no recovery reads, and the sync fails.
 #[derive(Clone)]
 pub struct WalSync {
     inner: Arc<std::sync::Mutex<WalFile>>,
@@ -364,23 +365,21 @@ impl WalSync {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        for _ in 0..2 {
-            let file = match wal.file.take() {
-                Some(file) => file,
-                None => std::fs::File::open(&wal.path)?,
-            };
-            file.sync_data()?;
-            let same = same_file(&file, &wal.path)?;
-            wal.file = Some(file);
-            if same {
-                return Ok(());
-            }
-            wal.file = None;
+        let file = match wal.file.take() {
+            Some(file) => file,
+            None => std::fs::File::open(&wal.path)?,
+        };
+        let synced = file.sync_data();
+        let same = same_file(&file, &wal.path);
+        wal.file = Some(file);
+        synced?;
+        if !same? {
+            return Err(std::io::Error::other(format!(
+                "{} names another file than the one the writer wrote to",
+                wal.path.display()
+            )));
         }
-        Err(std::io::Error::other(format!(
-            "{} changed twice while it was synced",
-            wal.path.display()
-        )))
+        Ok(())
     }
 }
 
@@ -706,10 +705,10 @@ mod tests {
         std::fs::metadata(path).unwrap_or_else(|e| panic!("{e}")).ino()
     }
 
-    /// A sync opens the file once and keeps it; when the path names another file, it syncs that one
-    /// and keeps it instead; a missing file is an error, not a silent success.
+    /// A sync opens the file once and keeps it; a missing file, or a path that names another file
+    /// than the one open, is an error, not a silent success.
     #[test]
-    fn a_wal_sync_follows_the_file_its_path_names() {
+    fn a_wal_sync_fails_unless_its_path_names_its_file() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("claims.db-wal");
         let wal = WalSync::of_path(path.clone());
@@ -724,12 +723,15 @@ mod tests {
                 .as_ref()
                 .map(|f| f.metadata().map(|m| m.ino()).unwrap_or_else(|e| panic!("{e}")))
         };
-        assert_eq!(held(&wal), Some(inode(&path)));
+        let first = inode(&path);
+        assert_eq!(held(&wal), Some(first));
         let other = dir.path().join("other");
         std::fs::write(&other, b"second").unwrap_or_else(|e| panic!("{e}"));
         std::fs::rename(&other, &path).unwrap_or_else(|e| panic!("{e}"));
-        wal.sync().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(held(&wal), Some(inode(&path)), "the file the path names now");
+        assert!(wal.sync().is_err(), "the path names another file");
+        assert_eq!(held(&wal), Some(first), "still the file written to");
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(wal.sync().is_err(), "the path names no file");
         assert!(wal.same(&wal.clone()));
         assert!(!wal.same(&WalSync::of_path(path)));
     }
