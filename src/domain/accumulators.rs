@@ -4,7 +4,7 @@
 //! copying, and returns the exact [`AccumulatorChanges`] a settlement makes; a reversal applies the
 //! negation.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use rust_decimal::Decimal;
 

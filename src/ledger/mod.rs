@@ -25,7 +25,9 @@
 mod durable;
 mod statistics;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, RwLock};
 
 use time::Date;

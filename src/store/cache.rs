@@ -19,7 +19,7 @@
 //!   from one transaction to the next.
 //! - It holds at most [`CACHED_MEMBERS_MAX`] members; past that it starts empty again.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
