@@ -153,7 +153,10 @@ impl Syncer {
                         false
                     } else {
                         match sync_all(&group) {
-                            Ok(()) => true,
+                            Ok(()) => {
+                                metrics::counter!("claims_ledger_wal_syncs_total", "on" => "sync_thread").increment(1);
+                                true
+                            }
                             Err(e) => {
                                 tracing::error!(
                                     error = %e,
@@ -217,7 +220,10 @@ impl Syncer {
     /// `false`: the sync failed, and nothing more may be acknowledged.
     pub(super) fn sync_here(&self, wal: &WalSync) -> bool {
         match wal.sync() {
-            Ok(()) => true,
+            Ok(()) => {
+                metrics::counter!("claims_ledger_wal_syncs_total", "on" => "writer").increment(1);
+                true
+            }
             Err(e) => {
                 tracing::error!(
                     error = %e,

@@ -26,10 +26,9 @@ mod durable;
 mod statistics;
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, RwLock};
 
+use foldhash::{HashMap, HashMapExt};
 use time::Date;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 

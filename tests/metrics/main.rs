@@ -76,5 +76,37 @@ async fn metrics_count_settlements_and_show_loss_ratios_without_member_ids() {
         180.0
     );
     assert!(!text.contains("M1"), "no member id in metrics");
+
+    if backend() == Backend::Sqlite {
+        // One caller at a time: the writer syncs the WAL itself. A stream of 600 claims sent at
+        // once leaves hundreds waiting after the first commit: the sync thread syncs.
+        assert!(value(r#"claims_ledger_wal_syncs_total{on="writer"}"#) >= 1.0);
+        let claims: Vec<_> = (0..600).map(|i| claim_a1("H2", &format!("H2-{i:04}"))).collect();
+        let mut replies = app
+            .settlements()
+            .await
+            .settle(tokio_stream::iter(claims))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let mut settled = 0;
+        while let Some(reply) = replies.message().await.expect("stream ok") {
+            if matches!(
+                reply.result,
+                Some(claims::proto::settlement_reply::Result::Settlement(_))
+            ) {
+                settled += 1;
+            }
+        }
+        assert_eq!(settled, 600);
+        let text = scrape(port).await;
+        let synced_by_thread = text
+            .lines()
+            .find(|l| l.starts_with(r#"claims_ledger_wal_syncs_total{on="sync_thread"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no syncs by the sync thread in\n{text}"));
+        assert!(synced_by_thread >= 1.0);
+    }
     app.stop().await;
 }
