@@ -27,5 +27,5 @@ pub use kinds::{
 pub use member::{CategoryHistory, Member};
 pub use money::{format_money, round_fen, Money, Ratio};
 pub use report::LossRatio;
-pub use settle::{layers_for, settle, LayerResult, Settlement};
+pub use settle::{layers_for, settle, settle_on, LayerResult, Settlement};
 pub use terms::{format_date, parse_date, ApplyOutcome, Catalogue, Period, PeriodKey, Terms, VersionedTerms};

@@ -112,12 +112,23 @@ pub fn layers_for<'c>(catalogue: &'c Catalogue, member: &Member, service_date: D
 
 /// Settles `claim` for `member` against the accumulators in `acc`. Changes nothing.
 pub fn settle(catalogue: &Catalogue, member: &Member, claim: &Claim, acc: &impl AccumulatorView) -> Settlement {
+    settle_on(&layers_for(catalogue, member, claim.service_date), member, claim, acc)
+}
+
+/// [`settle`] with the claim's layers already found: `layers` must be
+/// `layers_for(catalogue, member, claim.service_date)`, for a caller that needed them before (the
+/// ledger locks and reads their periods first).
+pub fn settle_on(
+    layers: &[&Arc<VersionedTerms>],
+    member: &Member,
+    claim: &Claim,
+    acc: &impl AccumulatorView,
+) -> Settlement {
     debug_assert_eq!(
         member.id, claim.member_id,
         "the caller looks the member up by the claim's member id"
     );
     let category = member.categories.on(claim.service_date);
-    let layers = layers_for(catalogue, member, claim.service_date);
 
     // Step 1: the burden per coverable class, IN_SCOPE net of upstream payments.
     let totals = claim.class_totals();

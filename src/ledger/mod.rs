@@ -33,8 +33,8 @@ use time::Date;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::domain::{
-    layers_for, settle, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId, LossRatio,
-    MemberId, Money, PeriodKey, Settlement, Terms,
+    layers_for, settle, settle_on, ApplyOutcome, Catalogue, Category, Claim, ClaimId, FieldErrors, HospitalId,
+    LossRatio, MemberId, Money, PeriodKey, Settlement, Terms, VersionedTerms,
 };
 use crate::store::{
     fen, now_text, LockKey, NewSettlement, Prefetch, Store, StoreError, StoredSettlement, TotalsDelta, TxMode, Writer,
@@ -690,16 +690,15 @@ async fn settle_run(
     .await?;
     let stored = w.claims_by_keys(&keys).await?;
     let members = w.members(&member_ids).await?;
-    let mut periods: BTreeSet<PeriodKey> = BTreeSet::new();
-    for c in claims {
-        if let Some(member) = members.get(&c.member_id) {
-            periods.extend(
-                layers_for(catalogue, member, c.service_date)
-                    .iter()
-                    .map(|v| v.terms.key()),
-            );
-        }
-    }
+    // Each claim's layers, found once: their periods are locked and read before any is settled.
+    let layers: Vec<Vec<&Arc<VersionedTerms>>> = claims
+        .iter()
+        .map(|c| match members.get(&c.member_id) {
+            Some(member) => layers_for(catalogue, member, c.service_date),
+            None => Vec::new(),
+        })
+        .collect();
+    let periods: BTreeSet<PeriodKey> = layers.iter().flatten().map(|v| v.terms.key()).collect();
     w.lock(capped_period_locks(catalogue, &periods)).await?;
     let periods: Vec<PeriodKey> = periods.into_iter().collect();
     let mut book = w.accumulators(&member_ids, &periods).await?;
@@ -733,7 +732,7 @@ async fn settle_run(
                 Outcome::Refused(conflict())
             }
         } else if let Some(member) = members.get(&claim.member_id) {
-            let settlement = settle(catalogue, member, claim, &book);
+            let settlement = settle_on(&layers[i], member, claim, &book);
             book.apply(&settlement.changes);
             first_in_run.insert(key, i);
             Outcome::New(Box::new(settlement))
