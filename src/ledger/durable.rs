@@ -124,6 +124,26 @@ impl Failed {
         self.flag.store(true, Ordering::Release);
         self.lost.send_replace(true);
     }
+
+    /// Counts a sync made `on` the writer or the sync thread, or, when it failed, says so, counts
+    /// the `batches` it was for as failed and sets the flag. Whether it succeeded.
+    fn record(&self, result: std::io::Result<()>, on: &'static str, batches: usize) -> bool {
+        match result {
+            Ok(()) => {
+                metrics::counter!("claims_ledger_wal_syncs_total", "on" => on).increment(1);
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "the WAL could not be synced; no further change is acknowledged until a restart"
+                );
+                metrics::counter!("claims_ledger_batches_failed_total").increment(batches as u64);
+                self.set();
+                false
+            }
+        }
+    }
 }
 
 /// The name of the sync thread.
@@ -149,25 +169,8 @@ impl Syncer {
                 while let Ok(first) = handed.recv() {
                     let mut group = vec![first];
                     group.extend(handed.try_iter());
-                    let synced = if failed_flag.is_set() {
-                        false
-                    } else {
-                        match sync_all(&group) {
-                            Ok(()) => {
-                                metrics::counter!("claims_ledger_wal_syncs_total", "on" => "sync_thread").increment(1);
-                                true
-                            }
-                            Err(e) => {
-                                tracing::error!(
-                                    error = %e,
-                                    "the WAL could not be synced; no further change is acknowledged until a restart"
-                                );
-                                metrics::counter!("claims_ledger_batches_failed_total").increment(group.len() as u64);
-                                failed_flag.set();
-                                false
-                            }
-                        }
-                    };
+                    let synced =
+                        !failed_flag.is_set() && failed_flag.record(sync_all(&group), "sync_thread", group.len());
                     let answered = group.len();
                     for d in group {
                         if synced {
@@ -219,21 +222,7 @@ impl Syncer {
     /// wait for the sync thread, whose wake-up costs a lone caller's latency (docs/benchmarks.md).
     /// `false`: the sync failed, and nothing more may be acknowledged.
     pub(super) fn sync_here(&self, wal: &WalSync) -> bool {
-        match wal.sync() {
-            Ok(()) => {
-                metrics::counter!("claims_ledger_wal_syncs_total", "on" => "writer").increment(1);
-                true
-            }
-            Err(e) => {
-                tracing::error!(
-                    error = %e,
-                    "the WAL could not be synced; no further change is acknowledged until a restart"
-                );
-                metrics::counter!("claims_ledger_batches_failed_total").increment(1);
-                self.failed.set();
-                false
-            }
-        }
+        self.failed.record(wal.sync(), "writer", 1)
     }
 }
 
