@@ -271,6 +271,7 @@ impl Lite {
     /// has copied a long WAL, the writer copies the few frames committed since, here, between
     /// two transactions: its next transaction then writes from the WAL's start, over pages the
     /// kernel already holds.
+    ///
     /// The copy syncs the WAL before it, and the database file after it (this connection is
     /// `FULL` for it): the WAL then starting over cannot lose a commit.
     pub(crate) fn before_transaction(&mut self) {
