@@ -80,8 +80,9 @@ pub(super) fn announce(
     }
 }
 
-/// The refusal of a batch whose commit may not be durable.
-fn not_durable() -> LedgerError {
+/// The refusal of a batch whose commit may not be durable, and, once a sync failed, of every
+/// command the writer is handed.
+pub(super) fn not_durable() -> LedgerError {
     LedgerError::Unavailable(
         "the database could not make a commit durable; this server accepts no more changes until it is restarted"
             .into(),
@@ -93,11 +94,6 @@ pub(super) fn refuse(answers: Answers) {
     for (reply, _) in answers {
         let _ = reply.send(Err(not_durable()));
     }
-}
-
-/// The refusal a writer gives, once a sync failed, to commands it is handed.
-pub(super) fn refusal() -> LedgerError {
-    not_durable()
 }
 
 /// The sync thread of one writer. Dropping it waits for every batch handed over to be answered.
@@ -287,7 +283,7 @@ mod tests {
         let syncer = Syncer::start(events, lost).unwrap();
         let (answers, receivers) = batch(3);
         syncer.hand(Delivery {
-            wal: WalSync::of_path(path),
+            wal: WalSync::open(path).unwrap(),
             answers,
             figures: Vec::new(),
             broadcast: true,
@@ -306,10 +302,14 @@ mod tests {
         let (events, _) = broadcast::channel(4);
         let (lost, lost_seen) = watch::channel(false);
         let syncer = Syncer::start(events, lost).unwrap();
-        // A WAL that cannot be opened: the sync fails.
+        // A WAL whose path no longer names it: the sync fails.
+        let gone = dir.path().join("gone-wal");
+        std::fs::write(&gone, b"frames").unwrap();
+        let gone_wal = WalSync::open(gone.clone()).unwrap();
+        std::fs::remove_file(&gone).unwrap();
         let (first, first_rx) = batch(2);
         syncer.hand(Delivery {
-            wal: WalSync::of_path(dir.path().join("missing-wal")),
+            wal: gone_wal,
             answers: first,
             figures: Vec::new(),
             broadcast: false,
@@ -320,7 +320,7 @@ mod tests {
         // A later batch on a WAL that would sync is refused all the same.
         let (later, later_rx) = batch(2);
         syncer.hand(Delivery {
-            wal: WalSync::of_path(good),
+            wal: WalSync::open(good).unwrap(),
             answers: later,
             figures: Vec::new(),
             broadcast: false,

@@ -451,7 +451,7 @@ impl WriterTask {
     async fn process(&mut self, batch: Vec<Command>) {
         if self.syncer.as_ref().is_some_and(durable::Syncer::failed) {
             for Command { reply, .. } in batch {
-                let _ = reply.send(Err(durable::refusal()));
+                let _ = reply.send(Err(durable::not_durable()));
             }
             return;
         }

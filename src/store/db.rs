@@ -253,8 +253,7 @@ impl Lite {
         // descriptor is this connection's WAL file, whatever happens to the path later.
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        let wal = WalSync::of_path(PathBuf::from(wal));
-        wal.open().map_err(StoreError::Wal)?;
+        let wal = WalSync::open(PathBuf::from(wal)).map_err(StoreError::Wal)?;
         Ok(Lite {
             conn,
             wal,
@@ -326,32 +325,21 @@ impl Drop for Lite {
 /// commits are in a file no recovery reads, and the sync fails.
 #[derive(Clone)]
 pub struct WalSync {
-    inner: Arc<std::sync::Mutex<WalFile>>,
+    inner: Arc<WalFile>,
 }
 
 struct WalFile {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    file: std::fs::File,
 }
 
 impl WalSync {
-    /// Syncs the file at `path`, opened on first use.
-    pub(crate) fn of_path(path: PathBuf) -> WalSync {
-        WalSync {
-            inner: Arc::new(std::sync::Mutex::new(WalFile { path, file: None })),
-        }
-    }
-
-    /// Opens the file now, if not yet open.
-    fn open(&self) -> std::io::Result<()> {
-        let mut wal = match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if wal.file.is_none() {
-            wal.file = Some(std::fs::File::open(&wal.path)?);
-        }
-        Ok(())
+    /// Opens the WAL file at `path` for syncing.
+    pub(crate) fn open(path: PathBuf) -> std::io::Result<WalSync> {
+        let file = std::fs::File::open(&path)?;
+        Ok(WalSync {
+            inner: Arc::new(WalFile { path, file }),
+        })
     }
 
     /// Whether both sync the same file through the same descriptor (one writer's connection).
@@ -362,19 +350,9 @@ impl WalSync {
     /// Makes every commit returned so far durable (`fdatasync` of the WAL file). An error means
     /// some of them may not be: the caller must not acknowledge them, nor anything after them.
     pub fn sync(&self) -> std::io::Result<()> {
-        let mut wal = match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let file = match wal.file.take() {
-            Some(file) => file,
-            None => std::fs::File::open(&wal.path)?,
-        };
-        let synced = file.sync_data();
-        let same = same_file(&file, &wal.path);
-        wal.file = Some(file);
-        synced?;
-        if !same? {
+        let wal = &self.inner;
+        wal.file.sync_data()?;
+        if !same_file(&wal.file, &wal.path)? {
             return Err(std::io::Error::other(format!(
                 "{} names another file than the one the writer wrote to",
                 wal.path.display()
@@ -706,35 +684,35 @@ mod tests {
         std::fs::metadata(path).unwrap_or_else(|e| panic!("{e}")).ino()
     }
 
-    /// A sync opens the file once and keeps it; a missing file, or a path that names another file
-    /// than the one open, is an error, not a silent success.
+    /// A sync keeps the file it opened; a missing file, or a path that names another file than the
+    /// one open, is an error, not a silent success.
     #[test]
     fn a_wal_sync_fails_unless_its_path_names_its_file() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("claims.db-wal");
-        let wal = WalSync::of_path(path.clone());
-        assert!(wal.sync().is_err(), "no file yet");
+        assert!(WalSync::open(path.clone()).is_err(), "no file yet");
         std::fs::write(&path, b"first").unwrap_or_else(|e| panic!("{e}"));
+        let wal = WalSync::open(path.clone()).unwrap_or_else(|e| panic!("{e}"));
         wal.sync().unwrap_or_else(|e| panic!("{e}"));
         let held = |wal: &WalSync| {
             use std::os::unix::fs::MetadataExt;
-            let inner = wal.inner.lock().unwrap_or_else(|e| panic!("{e}"));
-            inner
+            wal.inner
                 .file
-                .as_ref()
-                .map(|f| f.metadata().map(|m| m.ino()).unwrap_or_else(|e| panic!("{e}")))
+                .metadata()
+                .map(|m| m.ino())
+                .unwrap_or_else(|e| panic!("{e}"))
         };
         let first = inode(&path);
-        assert_eq!(held(&wal), Some(first));
+        assert_eq!(held(&wal), first);
         let other = dir.path().join("other");
         std::fs::write(&other, b"second").unwrap_or_else(|e| panic!("{e}"));
         std::fs::rename(&other, &path).unwrap_or_else(|e| panic!("{e}"));
         assert!(wal.sync().is_err(), "the path names another file");
-        assert_eq!(held(&wal), Some(first), "still the file written to");
+        assert_eq!(held(&wal), first, "still the file written to");
+        assert!(wal.same(&wal.clone()));
+        assert!(!wal.same(&WalSync::open(path.clone()).unwrap_or_else(|e| panic!("{e}"))));
         std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(wal.sync().is_err(), "the path names no file");
-        assert!(wal.same(&wal.clone()));
-        assert!(!wal.same(&WalSync::of_path(path)));
     }
 
     fn literal(value: Val<'_>) -> Result<String> {
