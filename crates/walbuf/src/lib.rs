@@ -12,11 +12,11 @@
 //! returns (so a commit is as durable as without the shim), and before any read of that file (so
 //! SQLite always reads what it wrote). A commit's frames are in the real file when the commit
 //! returns, whatever the `synchronous` setting: a connection at `synchronous = OFF` can make its
-//! commits durable afterwards by syncing the file through a descriptor of its own. Other connections read a WAL only up to the last commit they
-//! see in the WAL index, which SQLite updates after writing the commit's frames (and, with
-//! `synchronous=FULL`, after syncing them): by then the shim has written them out, whatever the
-//! `synchronous` setting. Files other than WAL files are the real VFS's own, untouched: the shim is
-//! not even on their path.
+//! commits durable afterwards by syncing the file through a descriptor of its own. Other
+//! connections read a WAL only up to the last commit they see in the WAL index, which SQLite
+//! updates after writing the commit's frames (and, with `synchronous=FULL`, after syncing them): by
+//! then the shim has written them out, whatever the `synchronous` setting. Files other than WAL
+//! files are the real VFS's own, untouched: the shim is not even on their path.
 //!
 //! Only the connections opened with [`NAME`] as their VFS use the shim; others, on the same files,
 //! keep the default VFS. The default VFS's own functions (delete, access, full path, time, ...) do
