@@ -116,12 +116,15 @@ impl Claim {
             );
         } else {
             for (i, l) in draft.lines.iter().enumerate() {
-                let code = e.check(format!("lines[{i}].code"), line_code(&l.code));
-                let class = e.check(
-                    format!("lines[{i}].expense_class"),
+                let code = e.check_at(|| format!("lines[{i}].code"), line_code(&l.code));
+                let class = e.check_at(
+                    || format!("lines[{i}].expense_class"),
                     required(&l.expense_class).and_then(|s| s.parse::<ExpenseClass>()),
                 );
-                let amount = e.check(format!("lines[{i}].amount"), required(&l.amount).and_then(Money::parse));
+                let amount = e.check_at(
+                    || format!("lines[{i}].amount"),
+                    required(&l.amount).and_then(Money::parse),
+                );
                 if let (Some(class), Some(_)) = (class, visit_kind) {
                     if non_medical && !matches!(class, ExpenseClass::OtherLoss | ExpenseClass::NonCompliant) {
                         e.push(
@@ -149,12 +152,12 @@ impl Claim {
             );
         } else {
             for (i, u) in draft.upstream.iter().enumerate() {
-                let kind = e.check(
-                    format!("upstream[{i}].kind"),
+                let kind = e.check_at(
+                    || format!("upstream[{i}].kind"),
                     required(&u.kind).and_then(|s| s.parse::<UpstreamKind>()),
                 );
-                let amount = e.check(
-                    format!("upstream[{i}].amount"),
+                let amount = e.check_at(
+                    || format!("upstream[{i}].amount"),
                     required(&u.amount).and_then(Money::parse),
                 );
                 if let Some(kind) = kind {

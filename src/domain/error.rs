@@ -69,10 +69,16 @@ impl FieldErrors {
 
     /// Runs a parse, recording its error under `field` and returning `None` on failure.
     pub fn check<T>(&mut self, field: impl Into<String>, result: Result<T, String>) -> Option<T> {
+        self.check_at(|| field, result)
+    }
+
+    /// [`FieldErrors::check`] for a path made only on failure (`lines[3].amount`): a valid input
+    /// formats no field names.
+    pub fn check_at<T, F: Into<String>>(&mut self, field: impl FnOnce() -> F, result: Result<T, String>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(message) => {
-                self.push(field, message);
+                self.push(field(), message);
                 None
             }
         }
