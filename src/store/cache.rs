@@ -1,8 +1,10 @@
 //! What a writer remembers of what it read and wrote, so that it need not read it again.
 //!
-//! - **Members** (categories, enrollments): a PostgreSQL writer keeps them for one transaction,
-//!   which reads them once to take its locks and again to settle; SQLite's single writer keeps them
-//!   across transactions.
+//! - **Members** (categories, enrollments): kept across transactions. A PostgreSQL writer uses a
+//!   member it holds only while the roster's version (`roster_version`, which every committed
+//!   roster change moves on) stands where it stood when the member was read, and only for members
+//!   locked before that version was read in the transaction ([`WriterCache::roster_seen`]);
+//!   SQLite's single writer, while no other connection committed.
 //! - **Accumulators**: the usage of every member it has read, in every period, which the writer
 //!   needs whole to rewrite the member's `member_usage` row; SQLite's writer keeps them across
 //!   transactions, PostgreSQL's for one (its member locks keep them from changing meanwhile).
@@ -15,11 +17,11 @@
 //! - a rollback drops everything, since the writes it undoes were already applied here;
 //! - SQLite's `data_version` tells, at the start of each transaction, whether another connection
 //!   committed since (another process on the same file, or a repair by hand): then everything is
-//!   dropped. On PostgreSQL, where several writers and processes share the tables, nothing is kept
-//!   from one transaction to the next.
+//!   dropped. On PostgreSQL, where several writers and processes share the tables, only members are
+//!   kept from one transaction to the next, as above.
 //! - It holds at most [`CACHED_MEMBERS_MAX`] members; past that it starts empty again.
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -45,6 +47,12 @@ pub(super) struct WriterCache {
     data_version: Option<i64>,
     /// Shared with the runs that read them: a run's lookup copies no categories or enrollments.
     members: HashMap<MemberId, Arc<Member>>,
+    /// PostgreSQL: the roster's version when the members held were read or last found unchanged.
+    roster_version: Option<i64>,
+    /// PostgreSQL: the members held that this transaction may use (locked before it read the
+    /// roster's version, or read or created by it); the others are read again. `None` on SQLite:
+    /// every member held.
+    usable: Option<HashSet<MemberId>>,
     /// Every stored usage of each member held (an empty map: none stored).
     usage: HashMap<MemberId, HashMap<(PeriodKey, BenefitCode), BenefitUsage>>,
     /// Each period's total paid by all members.
@@ -57,6 +65,8 @@ impl WriterCache {
             lasting,
             data_version: None,
             members: HashMap::new(),
+            roster_version: None,
+            usable: (!lasting).then(HashSet::default),
             usage: HashMap::new(),
             period_paid: HashMap::new(),
         }
@@ -68,6 +78,10 @@ impl WriterCache {
 
     fn clear(&mut self) {
         self.members.clear();
+        self.roster_version = None;
+        if let Some(usable) = &mut self.usable {
+            usable.clear();
+        }
         self.usage.clear();
         self.period_paid.clear();
     }
@@ -76,15 +90,43 @@ impl WriterCache {
     /// whether another connection may have committed since this writer's last transaction.
     pub(super) fn begin(&mut self, data_version: Option<i64>) -> bool {
         let changed_elsewhere = data_version.is_none() || data_version != self.data_version;
-        if !self.lasting
-            || changed_elsewhere
-            || self.members.len() > CACHED_MEMBERS_MAX
-            || self.usage.len() > CACHED_MEMBERS_MAX
-        {
+        if self.members.len() > CACHED_MEMBERS_MAX || self.usage.len() > CACHED_MEMBERS_MAX {
+            self.clear();
+        } else if !self.lasting {
+            // The members stay, none usable until `roster_seen`.
+            self.usage.clear();
+            self.period_paid.clear();
+            if let Some(usable) = &mut self.usable {
+                usable.clear();
+            }
+        } else if changed_elsewhere {
             self.clear();
         }
         self.data_version = data_version;
         changed_elsewhere
+    }
+
+    /// PostgreSQL, at the start of each transaction, once the locks of `locked` are held: the
+    /// roster's version. If it moved since the members held were read, a roster change committed
+    /// meanwhile, and they are all dropped. Of those held, this transaction uses only `locked`:
+    /// a member locked later may have changed between this read and its lock, and is read again
+    /// (then usable, like the members this transaction reads or creates).
+    pub(super) fn roster_seen<'a>(&mut self, version: i64, locked: impl IntoIterator<Item = &'a MemberId>) {
+        if self.roster_version != Some(version) {
+            self.members.clear();
+            self.roster_version = Some(version);
+        }
+        if let Some(usable) = &mut self.usable {
+            usable.clear();
+            usable.extend(locked.into_iter().cloned());
+        }
+    }
+
+    fn usable(&self, id: &MemberId) -> Option<&Arc<Member>> {
+        match &self.usable {
+            Some(usable) if !usable.contains(id) => None,
+            _ => self.members.get(id),
+        }
     }
 
     /// The transaction was rolled back (or its commit failed): what it wrote here is undone by
@@ -102,7 +144,7 @@ impl WriterCache {
     ) -> Vec<&'a MemberId> {
         let mut missing = Vec::new();
         for id in ids {
-            match self.members.get(*id) {
+            match self.usable(id) {
                 Some(m) => {
                     found.insert((*id).clone(), Arc::clone(m));
                 }
@@ -115,7 +157,18 @@ impl WriterCache {
     pub(super) fn keep_members<'a>(&mut self, members: impl IntoIterator<Item = &'a Arc<Member>>) {
         for m in members {
             self.members.insert(m.id.clone(), Arc::clone(m));
+            if let Some(usable) = &mut self.usable {
+                usable.insert(m.id.clone());
+            }
         }
+    }
+
+    /// Of `ids`, those not held at all (usable or not).
+    pub(super) fn members_not_held<'a>(&self, ids: &[&'a MemberId]) -> Vec<&'a MemberId> {
+        ids.iter()
+            .copied()
+            .filter(|id| !self.members.contains_key(*id))
+            .collect()
     }
 
     /// Members this transaction stored for the first time: without categories, enrollments or
@@ -124,6 +177,9 @@ impl WriterCache {
         for id in ids {
             self.members.insert(id.clone(), Arc::new(Member::new(id.clone())));
             self.usage.entry(id.clone()).or_default();
+            if let Some(usable) = &mut self.usable {
+                usable.insert(id.clone());
+            }
         }
     }
 

@@ -578,6 +578,7 @@ impl Writer {
         enum Part {
             Nothing,
             TermsCount,
+            RosterVersion,
             Claims,
             Members,
             Usage,
@@ -597,11 +598,17 @@ impl Writer {
             statements.push(lock_statement(&prefetch.locks));
             parts.push(Part::Nothing);
         }
+        // After the locks: whether the members held are as stored (`WriterCache::roster_seen`).
+        // Only those not held are read here; if the version moved, the batch's members that were
+        // held are read when first asked for.
+        statements.push(("SELECT version FROM roster_version".into(), Vec::new()));
+        parts.push(Part::RosterVersion);
         for chunk in statement_chunks(&prefetch.claims, max) {
             statements.push(claims_statement(self.backend, chunk));
             parts.push(Part::Claims);
         }
-        for chunk in statement_chunks(&prefetch.members, max) {
+        let not_held = self.cache.members_not_held(&prefetch.members);
+        for chunk in statement_chunks(&not_held, max) {
             statements.push(members_statement(self.backend, chunk));
             parts.push(Part::Members);
         }
@@ -615,6 +622,7 @@ impl Writer {
             parts.push(Part::Totals);
         }
         let mut terms = None;
+        let mut roster_version = None;
         let mut claims = HashMap::new();
         let mut members = Vec::new();
         let mut usage = Vec::new();
@@ -624,6 +632,7 @@ impl Writer {
                 match parts.get(i).copied().unwrap_or(Part::Nothing) {
                     Part::Nothing => {}
                     Part::TermsCount => terms = Some(r.int("n")?),
+                    Part::RosterVersion => roster_version = Some(r.int("version")?),
                     Part::Claims => {
                         let (key, stored) = claim_row(r)?;
                         claims.insert(key, stored);
@@ -645,6 +654,9 @@ impl Writer {
             .collect();
         asked.sort();
         self.prefetched_claims = Some(PrefetchedClaims { asked, found: claims });
+        let roster_version =
+            roster_version.ok_or_else(|| corrupt("roster_version", "the roster's version returned no row"))?;
+        self.cache.roster_seen(roster_version, prefetch.members.iter().copied());
         self.cache.keep_members(&members);
         self.cache.keep_usage(&prefetch.members, usage, &periods, totals);
         self.totals_fresh = true;

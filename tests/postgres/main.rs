@@ -413,3 +413,70 @@ async fn settling_refreshes_the_planner_statistics_of_the_settlement_tables() {
     .await;
     app.stop().await;
 }
+
+/// A writer keeps the members it read from one transaction to the next (src/store/cache.rs) and
+/// checks the roster's version after its first locks. A member it locks only later in a
+/// transaction may have changed between that check and its lock: it must read that member again,
+/// not use the one it holds. Here another connection (standing for another process) changes the
+/// category of a member the writer holds, after the writer's transaction began and before it locks
+/// the member.
+#[tokio::test]
+async fn a_member_locked_after_the_roster_check_is_read_again() {
+    use claims::store::{LockKey, Prefetch, Store, TxMode};
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 4).await.expect("store");
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for sql in [
+        "INSERT INTO members (member_id, created_at) VALUES ('R1', '2022-01-01T00:00:00Z')",
+        "INSERT INTO member_categories (member_id, effective_date, category) VALUES ('R1', '2022-01-01', 'DIBAO')",
+        "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) \
+         VALUES ('R1', 'cixi-medical-assistance', '2022-01-01', 0)",
+    ] {
+        sqlx::query(sql).execute(&mut db).await.expect(sql);
+    }
+    let r1 = MemberId::parse("R1").expect("member id");
+    let date = time::macros::date!(2022 - 06 - 01);
+    let mut writer = store.writer().await.expect("writer");
+
+    // First transaction: R1 locked and read with the roster's version (as a batch of claims does).
+    let prefetch = Prefetch {
+        locks: [LockKey::member(&r1)].into_iter().collect(),
+        members: vec![&r1],
+        ..Prefetch::default()
+    };
+    writer.begin_prefetching(TxMode::Shared, prefetch).await.expect("begin");
+    let held = writer.members(&[&r1]).await.expect("members");
+    assert_eq!(held[&r1].categories.on(date), Category::Dibao);
+    writer.commit().await.expect("commit");
+
+    // Second transaction: begun (roster version read, unchanged), R1 not locked yet.
+    writer.begin(TxMode::Shared).await.expect("begin");
+    sqlx::query("UPDATE member_categories SET category = 'DESTITUTE' WHERE member_id = 'R1'")
+        .execute(&mut db)
+        .await
+        .expect("change R1's category");
+    writer.lock([LockKey::member(&r1)]).await.expect("lock R1");
+    let read = writer.members(&[&r1]).await.expect("members");
+    assert_eq!(
+        read[&r1].categories.on(date),
+        Category::Destitute,
+        "R1 as stored when its lock was taken, not as held"
+    );
+    writer.commit().await.expect("commit");
+
+    // Third transaction: R1 locked first; the roster's version moved, so R1 held is not used either.
+    sqlx::query("UPDATE member_categories SET category = 'DIBAO_MARGINAL' WHERE member_id = 'R1'")
+        .execute(&mut db)
+        .await
+        .expect("change R1's category again");
+    let prefetch = Prefetch {
+        locks: [LockKey::member(&r1)].into_iter().collect(),
+        members: vec![&r1],
+        ..Prefetch::default()
+    };
+    writer.begin_prefetching(TxMode::Shared, prefetch).await.expect("begin");
+    let read = writer.members(&[&r1]).await.expect("members");
+    assert_eq!(read[&r1].categories.on(date), Category::DibaoMarginal);
+    writer.commit().await.expect("commit");
+    db.close().await.expect("close");
+}
