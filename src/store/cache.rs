@@ -19,7 +19,8 @@
 //!   committed since (another process on the same file, or a repair by hand): then everything is
 //!   dropped. On PostgreSQL, where several writers and processes share the tables, only members are
 //!   kept from one transaction to the next, as above.
-//! - It holds at most [`CACHED_MEMBERS_MAX`] members; past that it starts empty again.
+//! - It holds at most [`CACHED_MEMBERS_MAX`] members (SQLite) or [`CACHED_MEMBERS_MAX_CONCURRENT`]
+//!   (each PostgreSQL writer); past that it starts empty again.
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
@@ -39,6 +40,11 @@ pub(super) type StoredUsage = Vec<(MemberId, Vec<(PeriodKey, BenefitCode, Benefi
 /// Members (with their usage) a SQLite writer keeps at most: about 2 KiB each, so at most about
 /// 128 MiB.
 pub(super) const CACHED_MEMBERS_MAX: usize = 65_536;
+
+/// Members a PostgreSQL writer keeps at most (without their usage, which it reads in each
+/// transaction): a quarter of SQLite's single writer's, for the four writers a process has by
+/// default.
+pub(super) const CACHED_MEMBERS_MAX_CONCURRENT: usize = 16_384;
 
 pub(super) struct WriterCache {
     /// Kept from one transaction to the next (SQLite's single writer).
@@ -90,7 +96,12 @@ impl WriterCache {
     /// whether another connection may have committed since this writer's last transaction.
     pub(super) fn begin(&mut self, data_version: Option<i64>) -> bool {
         let changed_elsewhere = data_version.is_none() || data_version != self.data_version;
-        if self.members.len() > CACHED_MEMBERS_MAX || self.usage.len() > CACHED_MEMBERS_MAX {
+        let members_max = if self.lasting {
+            CACHED_MEMBERS_MAX
+        } else {
+            CACHED_MEMBERS_MAX_CONCURRENT
+        };
+        if self.members.len() > members_max || self.usage.len() > CACHED_MEMBERS_MAX {
             self.clear();
         } else if !self.lasting {
             // The members stay, none usable until `roster_seen`.

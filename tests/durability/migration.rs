@@ -476,7 +476,13 @@ async fn settlements_stored_before_migration_0004_keep_their_layers() {
         .iter()
         .map(|r| r.get::<i64, _>(0))
         .collect();
-    assert_eq!(applied, [1, 2, 3, 4, 5, 6], "the service applied 0004 to 0006");
+    // 0007 (PostgreSQL only): the roster's version, which writers check before using the members
+    // they hold.
+    let expected: &[i64] = match backend() {
+        Backend::Sqlite => &[1, 2, 3, 4, 5, 6],
+        Backend::Postgres => &[1, 2, 3, 4, 5, 6, 7],
+    };
+    assert_eq!(applied, expected, "the service applied 0004 to the last");
     // 0006: settlements are found by the month of their service date.
     let index_sql = match backend() {
         Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'settlements'",
