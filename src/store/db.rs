@@ -504,7 +504,7 @@ pub(crate) struct Prepared {
     /// Names handed out, each once: a message that failed after its `PREPARE` leaves a statement
     /// behind that was not recorded, and a later name must not meet it.
     issued: u64,
-    /// The text of the last message, kept for its capacity: a batch's message runs to hundreds of
+    /// The text of the last message, kept for its capacity: a batch's message runs to over a hundred
     /// kilobytes, and growing a new one each time reallocated it into fresh pages that the kernel
     /// zeroes first (on four streams, growing vectors and strings 11% of claimsd's samples and
     /// page faults 7%; 5% and 2% with the text kept, docs/benchmarks.md).
