@@ -438,13 +438,18 @@ async fn a_member_locked_after_the_roster_check_is_read_again() {
     let date = time::macros::date!(2022 - 06 - 01);
     let mut writer = store.writer().await.expect("writer");
 
-    // First transaction: R1 locked and read with the roster's version (as a batch of claims does).
-    let prefetch = Prefetch {
-        locks: [LockKey::member(&r1)].into_iter().collect(),
-        members: vec![&r1],
+    // R1 locked first and read after the roster's version, as a batch of claims does.
+    let claimant = |member| Prefetch {
+        locks: [LockKey::member(member)].into_iter().collect(),
+        members: vec![member],
         ..Prefetch::default()
     };
-    writer.begin_prefetching(TxMode::Shared, prefetch).await.expect("begin");
+
+    // First transaction: R1 read and held.
+    writer
+        .begin_prefetching(TxMode::Shared, claimant(&r1))
+        .await
+        .expect("begin");
     let held = writer.members(&[&r1]).await.expect("members");
     assert_eq!(held[&r1].categories.on(date), Category::Dibao);
     writer.commit().await.expect("commit");
@@ -469,12 +474,10 @@ async fn a_member_locked_after_the_roster_check_is_read_again() {
         .execute(&mut db)
         .await
         .expect("change R1's category again");
-    let prefetch = Prefetch {
-        locks: [LockKey::member(&r1)].into_iter().collect(),
-        members: vec![&r1],
-        ..Prefetch::default()
-    };
-    writer.begin_prefetching(TxMode::Shared, prefetch).await.expect("begin");
+    writer
+        .begin_prefetching(TxMode::Shared, claimant(&r1))
+        .await
+        .expect("begin");
     let read = writer.members(&[&r1]).await.expect("members");
     assert_eq!(read[&r1].categories.on(date), Category::DibaoMarginal);
     writer.commit().await.expect("commit");
