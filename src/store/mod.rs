@@ -563,8 +563,8 @@ impl Writer {
     /// [`Writer::lock`] takes them) and, after them, the roster's version (whether the members
     /// this writer holds from earlier transactions are as stored), the stored settlements of its
     /// claim keys, those of its members not held, their usage and its periods' totals, which the
-    /// batch's own reads then find held. One round trip instead of about six for a batch of claims. SQLite reads on demand,
-    /// mostly from the cache its single writer keeps.
+    /// batch's own reads then find held. One round trip instead of about six for a batch of
+    /// claims. SQLite reads on demand, mostly from the cache its single writer keeps.
     pub async fn begin_prefetching(&mut self, mode: TxMode, prefetch: Prefetch<'_>) -> Result<Option<i64>> {
         if self.backend != Backend::Postgres {
             return self.begin_sqlite(mode).await;
