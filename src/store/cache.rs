@@ -44,7 +44,7 @@ pub(super) const CACHED_MEMBERS_MAX: usize = 65_536;
 /// Members a PostgreSQL writer keeps at most (without their usage, which it reads in each
 /// transaction): a quarter of SQLite's single writer's, for the four writers a process has by
 /// default. With 100,000 members the four writers' caches filled to it and claimsd's peak RSS went
-/// from 76 to 117 MiB (docs/benchmarks.md): about 640 bytes a member held.
+/// from 76 to 117 MiB (docs/benchmarks.md): about 650 bytes a member held.
 pub(super) const CACHED_MEMBERS_MAX_CONCURRENT: usize = 16_384;
 
 pub(super) struct WriterCache {
