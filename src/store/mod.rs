@@ -32,7 +32,7 @@ use crate::domain::{
 
 pub use cache::Book;
 pub use db::WalSync;
-use db::{Cols, Conn, Db, Lite, Statement, Val};
+use db::{Cols, Conn, Db, Lite, LiteReaders, Statement, Val};
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 
 /// Everything that can go wrong below the ledger.
@@ -86,6 +86,8 @@ pub struct Store {
     backend: Backend,
     /// The SQLite file, which the writer opens through rusqlite.
     sqlite_path: Option<PathBuf>,
+    /// SQLite: the connections [`Store::member_snapshot`] reads through.
+    readers: Option<Arc<LiteReaders>>,
 }
 
 /// The shard of the next PostgreSQL writer: writers of one process take turns through the shards,
@@ -249,6 +251,9 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection does not go stale; a ping is a round trip to sqlx's worker
+            // thread before every read. A PostgreSQL one may have been closed by the server.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -273,10 +278,12 @@ impl Store {
             Backend::Sqlite => Some(db::sqlite_path(&url)?),
             Backend::Postgres => None,
         };
+        let readers = sqlite_path.clone().map(|path| Arc::new(LiteReaders::new(path)));
         Ok(Store {
             pool,
             backend,
             sqlite_path,
+            readers,
         })
     }
 
@@ -364,23 +371,24 @@ impl Store {
         code: Option<&str>,
         start: Option<&str>,
     ) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
-        rows::loss_ratios(&self.pool, code, start).await
+        if let Some(readers) = &self.readers {
+            return readers.read(|reader| db::ready(rows::loss_ratios(reader, code, start)));
+        }
+        let mut conn = self.pool.acquire().await?;
+        rows::loss_ratios(&mut *conn, code, start).await
     }
 
     /// A member with the accumulators of every period they are enrolled in, read in one
     /// transaction so the figures agree with each other (preview, member view).
     pub async fn member_snapshot(&self, member_id: &MemberId) -> Result<Option<(Member, Accumulators)>> {
+        if let Some(readers) = &self.readers {
+            return readers.read(|reader| db::ready(member_snapshot_on(reader, self.backend, member_id)));
+        }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let mut found = HashMap::new();
-        load_members(&mut *tx, self.backend, &[member_id], &mut found).await?;
-        let Some(member) = found.remove(member_id) else {
-            return Ok(None);
-        };
-        let keys: Vec<PeriodKey> = member.enrollments.keys().cloned().collect();
-        let acc = load_accumulators(&mut *tx, self.backend, &[member_id], &keys).await?;
+        let snapshot = member_snapshot_on(&mut *tx, self.backend, member_id).await?;
         tx.commit().await?;
-        Ok(Some((member, acc)))
+        Ok(snapshot)
     }
 }
 
@@ -1378,6 +1386,23 @@ async fn load_accumulators(
     let mut once = cache::WriterCache::new(false);
     once.keep_usage(members, usage, &key_refs, totals);
     Ok(once.book(members, keys))
+}
+
+/// A member and their accumulators in every period they are enrolled in, read on `db` (inside the
+/// caller's transaction); `None` for an unknown member.
+async fn member_snapshot_on(
+    db: &mut impl Db,
+    backend: Backend,
+    member_id: &MemberId,
+) -> Result<Option<(Member, Accumulators)>> {
+    let mut found = HashMap::new();
+    load_members(db, backend, &[member_id], &mut found).await?;
+    let Some(member) = found.remove(member_id) else {
+        return Ok(None);
+    };
+    let keys: Vec<PeriodKey> = member.enrollments.keys().cloned().collect();
+    let acc = load_accumulators(db, backend, &[member_id], &keys).await?;
+    Ok(Some((member, acc)))
 }
 
 /// Every stored usage of `members`, in every product period: one `member_usage` row per member

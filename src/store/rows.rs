@@ -222,7 +222,7 @@ fn loss_ratio_row(row: &dyn Cols) -> Result<(PeriodKey, LossRatio, i64)> {
 const TOTALS_COLUMNS: &str = "product_code, period_start, written_premium_fen, enrolled_members, paid_fen, paid_claims";
 
 pub(super) async fn loss_ratios(
-    pool: &AnyPool,
+    db: &mut impl Db,
     code: Option<&str>,
     start: Option<&str>,
 ) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
@@ -230,12 +230,8 @@ pub(super) async fn loss_ratios(
         "SELECT {TOTALS_COLUMNS} FROM product_totals WHERE ($1 = '' OR product_code = $1) \
          AND ($2 = '' OR period_start = $2) ORDER BY product_code, period_start"
     );
-    let rows = sqlx::query(&sql)
-        .bind(code.unwrap_or_default().to_owned())
-        .bind(start.unwrap_or_default().to_owned())
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(|r| loss_ratio_row(r)).collect()
+    let values = vec![Val::Str(code.unwrap_or_default()), Val::Str(start.unwrap_or_default())];
+    db.rows(&sql, values, loss_ratio_row).await
 }
 
 /// The running figures of the given product periods, in one query.
