@@ -1,12 +1,14 @@
 //! The two ways the store talks to a database, behind one small interface, so that every statement
 //! is written once:
 //!
-//! - sqlx's `Any` connection: the pool (every read of the API, both backends) and PostgreSQL's
-//!   writers.
+//! - sqlx's `Any` connection: the pool (the API's reads, both backends, but those below) and
+//!   PostgreSQL's writers.
 //! - [`Lite`], a rusqlite connection for SQLite's single writer. The ledger runs that writer on its
 //!   own thread, so a whole batch costs one hand-off. sqlx's SQLite driver hands every statement (and
 //!   every row) to a worker thread and back, which made thread wake-ups the largest cost of a
 //!   settlement (docs/benchmarks.md). Statements are prepared once and kept.
+//! - [`LiteReaders`], rusqlite connections for SQLite's most frequent reads (a member and their
+//!   usage, the loss-ratio figures), run on the calling thread, for the same reason.
 //!
 //! Statements bind [`Val`]s and results are read through [`Cols`], the same for either driver.
 

@@ -1,7 +1,9 @@
 //! Storage: one implementation for both backends, SQLite (embedded default, one file, WAL,
 //! `synchronous=FULL`) and PostgreSQL, each with its own migrations. Reads go through sqlx's `Any`
-//! pool; the writers' statements go through the small `Db` interface of `db.rs`, over sqlx for
-//! PostgreSQL and over rusqlite for SQLite's single writer.
+//! pool, except SQLite's reads of a member and their usage (`Preview`, `GetMember`) and of the
+//! loss-ratio figures, which go through rusqlite connections of their own (`db::LiteReaders`); the
+//! writers' statements go through the small `Db` interface of `db.rs`, over sqlx for PostgreSQL
+//! and over rusqlite for SQLite's single writer.
 //!
 //! The SQL is written once: both backends take parameters in order (`Params`) and `RETURNING`.
 //! Where they differ (how a writer takes its lock), [`Backend`] says which statement to use.
