@@ -346,10 +346,17 @@ impl Store {
     }
 
     pub async fn terms_rows(&self, code: Option<&str>) -> Result<Vec<TermsRow>> {
-        rows::terms_rows(&self.pool, code).await
+        if let Some(readers) = &self.readers {
+            return readers.read(|reader| db::ready(rows::terms_rows(reader, code)));
+        }
+        let mut conn = self.pool.acquire().await?;
+        rows::terms_rows(&mut *conn, code).await
     }
 
     pub async fn get_settlement(&self, hospital: &str, claim: &str) -> Result<Option<StoredSettlement>> {
+        if let Some(readers) = &self.readers {
+            return readers.read(|reader| db::ready(rows::settlement_by_key(reader, hospital, claim)));
+        }
         let mut conn = self.pool.acquire().await?;
         rows::settlement_by_key(&mut *conn, hospital, claim).await
     }

@@ -247,26 +247,22 @@ pub(super) async fn loss_ratios_of(
     db.rows(&sql, values, loss_ratio_row).await
 }
 
-pub(super) async fn terms_rows(pool: &AnyPool, code: Option<&str>) -> Result<Vec<TermsRow>> {
-    let rows = sqlx::query(
+pub(super) async fn terms_rows(db: &mut impl Db, code: Option<&str>) -> Result<Vec<TermsRow>> {
+    db.rows(
         "SELECT product_code, period_start, version, toml, applied_at FROM terms \
          WHERE ($1 = '' OR product_code = $1) ORDER BY product_code, period_start, version",
-    )
-    .bind(code.unwrap_or_default().to_owned())
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
+        vec![Val::Str(code.unwrap_or_default())],
+        |row| {
             Ok(TermsRow {
-                product_code: row.try_get("product_code")?,
-                period_start: row.try_get("period_start")?,
-                version: u32::try_from(row.try_get::<i64, _>("version")?)
-                    .map_err(|e| corrupt("terms", e.to_string()))?,
-                toml: row.try_get("toml")?,
-                applied_at: row.try_get("applied_at")?,
+                product_code: row.text("product_code")?,
+                period_start: row.text("period_start")?,
+                version: u32::try_from(row.int("version")?).map_err(|e| corrupt("terms", e.to_string()))?,
+                toml: row.text("toml")?,
+                applied_at: row.text("applied_at")?,
             })
-        })
-        .collect()
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
