@@ -7,8 +7,9 @@
 //!   own thread, so a whole batch costs one hand-off. sqlx's SQLite driver hands every statement (and
 //!   every row) to a worker thread and back, which made thread wake-ups the largest cost of a
 //!   settlement (docs/benchmarks.md). Statements are prepared once and kept.
-//! - [`LiteReaders`], rusqlite connections for SQLite's most frequent reads (a member and their
-//!   usage, the loss-ratio figures), run on the calling thread, for the same reason.
+//! - [`LiteReaders`], rusqlite connections for SQLite's short reads (a member and their usage, the
+//!   loss-ratio figures, a settlement by its key, the terms), run on the calling thread, for the
+//!   same reason.
 //!
 //! Statements bind [`Val`]s and results are read through [`Cols`], the same for either driver.
 
@@ -519,9 +520,10 @@ const READER_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 /// Prepared statements a reader connection keeps.
 const READER_STATEMENT_CACHE: usize = 32;
 
-/// SQLite connections for the API's reads of a member and their usage (`Preview`, `GetMember`) and
-/// of the loss-ratio figures, each read run in one read transaction on the calling thread, a
-/// thread of the async runtime. sqlx's SQLite driver hands every statement and its rows to a worker
+/// SQLite connections for the API's short reads (a member and their usage for `Preview` and
+/// `GetMember`, the loss-ratio figures, a settlement by its key, the terms), each read run in one
+/// read transaction on the calling thread, a thread of the async runtime; reads that may scan many
+/// rows stay on sqlx's pool. sqlx's SQLite driver hands every statement and its rows to a worker
 /// thread and back: a `Preview` at 64 callers spent a third of its samples in futex calls, against
 /// 13% running statements. Run through `spawn_blocking` instead, reads at 64 callers were 15% to
 /// 40% slower than here (docs/benchmarks.md). The statements read a few pages that the writer keeps

@@ -1,7 +1,8 @@
 //! Storage: one implementation for both backends, SQLite (embedded default, one file, WAL,
 //! `synchronous=FULL`) and PostgreSQL, each with its own migrations. Reads go through sqlx's `Any`
-//! pool, except SQLite's reads of a member and their usage (`Preview`, `GetMember`) and of the
-//! loss-ratio figures, which go through rusqlite connections of their own (`db::LiteReaders`); the
+//! pool, except SQLite's short reads (a member and their usage for `Preview` and `GetMember`, the
+//! loss-ratio figures, a settlement by its key, the terms), which go through rusqlite connections
+//! of their own (`db::LiteReaders`); the
 //! writers' statements go through the small `Db` interface of `db.rs`, over sqlx for PostgreSQL
 //! and over rusqlite for SQLite's single writer.
 //!
