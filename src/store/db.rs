@@ -525,8 +525,8 @@ const READER_STATEMENT_CACHE: usize = 32;
 /// read transaction on the calling thread, a thread of the async runtime; reads that may scan many
 /// rows stay on sqlx's pool. sqlx's SQLite driver hands every statement and its rows to a worker
 /// thread and back: a `Preview` at 64 callers spent a third of its samples in futex calls, against
-/// 13% running statements. Run through `spawn_blocking` instead, reads at 64 callers were 15% to
-/// 40% slower than here (docs/benchmarks.md). The statements read a few pages that the writer keeps
+/// 13% running statements. Run through `spawn_blocking` instead, reads at 64 callers were 12% to
+/// 39% slower than here (docs/benchmarks.md). The statements read a few pages that the writer keeps
 /// warm, tens of microseconds; a read that would wait for a lock fails after
 /// [`READER_BUSY_TIMEOUT`].
 pub(crate) struct LiteReaders {

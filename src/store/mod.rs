@@ -2,9 +2,8 @@
 //! `synchronous=FULL`) and PostgreSQL, each with its own migrations. Reads go through sqlx's `Any`
 //! pool, except SQLite's short reads (a member and their usage for `Preview` and `GetMember`, the
 //! loss-ratio figures, a settlement by its key, the terms), which go through rusqlite connections
-//! of their own (`db::LiteReaders`); the
-//! writers' statements go through the small `Db` interface of `db.rs`, over sqlx for PostgreSQL
-//! and over rusqlite for SQLite's single writer.
+//! of their own (`db::LiteReaders`); the writers' statements go through the small `Db` interface of
+//! `db.rs`, over sqlx for PostgreSQL and over rusqlite for SQLite's single writer.
 //!
 //! The SQL is written once: both backends take parameters in order (`Params`) and `RETURNING`.
 //! Where they differ (how a writer takes its lock), [`Backend`] says which statement to use.
@@ -89,7 +88,8 @@ pub struct Store {
     backend: Backend,
     /// The SQLite file, which the writer opens through rusqlite.
     sqlite_path: Option<PathBuf>,
-    /// SQLite: the connections [`Store::member_snapshot`] reads through.
+    /// SQLite: the connections of the short reads ([`Store::member_snapshot`], the loss ratios, a
+    /// settlement by its key, the terms).
     readers: Option<Arc<LiteReaders>>,
 }
 
