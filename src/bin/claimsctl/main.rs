@@ -167,7 +167,7 @@ enum Command {
     /// medical claims in 2022 four times in five, else in the Zhongning period; 2% of the claims belong to
     /// ten heavy members, so that caps bind. Claim ids are <run-id>-<set>-<n>, the set naming the mode and
     /// its shape (s4: 4 streams, u64 and p64: unary and preview at concurrency 64), so that no run or mode
-    /// replays another's claims, and n a nine-digit number, so that ids sort in the order they are issued.
+    /// replays another's claims.
     ///
     /// Modes, in this order: for each --streams value S, `stream` (S Settle streams over C connections,
     /// each pipelined with at most --window claims in flight) then `echo-stream` (the same claims through
