@@ -466,41 +466,27 @@ fn checkpointer(path: &Path, restart_wanted: Arc<AtomicBool>) -> Result<std::syn
     Ok(stop)
 }
 
-/// A statement run on a rusqlite connection, prepared once and kept: the number of rows it changed.
-fn lite_run(conn: &rusqlite::Connection, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let changed = statement.execute(rusqlite::params_from_iter(values.iter()))?;
-    Ok(changed as u64)
-}
-
-/// A query run on a rusqlite connection, prepared once and kept: every row mapped.
-fn lite_rows<T>(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    values: Vec<Val<'_>>,
-    mut map: impl FnMut(&dyn Cols) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let mut rows = statement.query(rusqlite::params_from_iter(values.iter()))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(map(row)?);
-    }
-    Ok(out)
-}
-
-impl Db for Lite {
+/// Statements on a rusqlite connection (SQLite's writer and readers), each prepared once and kept.
+impl Db for rusqlite::Connection {
     async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
-        lite_run(&self.conn, sql, values)
+        let mut statement = self.prepare_cached(sql)?;
+        let changed = statement.execute(rusqlite::params_from_iter(values.iter()))?;
+        Ok(changed as u64)
     }
 
     async fn rows<T>(
         &mut self,
         sql: &str,
         values: Vec<Val<'_>>,
-        map: impl FnMut(&dyn Cols) -> Result<T>,
+        mut map: impl FnMut(&dyn Cols) -> Result<T>,
     ) -> Result<Vec<T>> {
-        lite_rows(&self.conn, sql, values, map)
+        let mut statement = self.prepare_cached(sql)?;
+        let mut rows = statement.query(rusqlite::params_from_iter(values.iter()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+        Ok(out)
     }
 
     fn rows_per_statement(&self) -> usize {
@@ -531,7 +517,7 @@ const READER_STATEMENT_CACHE: usize = 32;
 /// [`READER_BUSY_TIMEOUT`].
 pub(crate) struct LiteReaders {
     path: PathBuf,
-    idle: std::sync::Mutex<Vec<LiteReader>>,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
 }
 
 impl std::fmt::Debug for LiteReaders {
@@ -551,14 +537,14 @@ impl LiteReaders {
     }
 
     /// Runs `read` in one read transaction: every statement of it reads the same committed state.
-    pub(crate) fn read<T>(&self, read: impl FnOnce(&mut LiteReader) -> Result<T>) -> Result<T> {
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&mut rusqlite::Connection) -> Result<T>) -> Result<T> {
         let mut reader = self.begin()?;
         let out = read(&mut reader)?;
         self.end(reader)?;
         Ok(out)
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<LiteReader>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<rusqlite::Connection>> {
         match self.idle.lock() {
             Ok(idle) => idle,
             Err(poisoned) => poisoned.into_inner(),
@@ -566,19 +552,19 @@ impl LiteReaders {
     }
 
     /// An idle connection, or a new one, with a read transaction begun.
-    fn begin(&self) -> Result<LiteReader> {
+    fn begin(&self) -> Result<rusqlite::Connection> {
         let reader = match self.idle().pop() {
             Some(reader) => reader,
-            None => LiteReader::open(&self.path)?,
+            None => open_reader(&self.path)?,
         };
-        reader.conn.execute_batch("BEGIN")?;
+        reader.execute_batch("BEGIN")?;
         Ok(reader)
     }
 
     /// Ends the reader's transaction and keeps the connection for the next read. A connection
     /// whose transaction does not end is closed instead: kept, it would read that state forever.
-    fn end(&self, reader: LiteReader) -> Result<()> {
-        reader.conn.execute_batch("COMMIT")?;
+    fn end(&self, reader: rusqlite::Connection) -> Result<()> {
+        reader.execute_batch("COMMIT")?;
         let mut idle = self.idle();
         if idle.len() < READERS_IDLE_MAX {
             idle.push(reader);
@@ -588,7 +574,7 @@ impl LiteReaders {
 }
 
 /// The output of a future that is ready when first polled: a reader's statements (every [`Db`]
-/// method of [`LiteReader`]) run to the end when called and never wait, so the store's functions,
+/// method of a rusqlite connection) run to the end when called and never wait, so the store's functions,
 /// written once for both drivers as `async`, run on a reader from plain blocking code.
 pub(crate) fn ready<T>(read: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let mut read = std::pin::pin!(read);
@@ -601,38 +587,13 @@ pub(crate) fn ready<T>(read: impl std::future::Future<Output = Result<T>>) -> Re
     }
 }
 
-/// One connection of [`LiteReaders`]: it cannot write (`query_only`).
-pub(crate) struct LiteReader {
-    conn: rusqlite::Connection,
-}
-
-impl LiteReader {
-    fn open(path: &Path) -> Result<LiteReader> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(READER_BUSY_TIMEOUT)?;
-        conn.execute_batch("PRAGMA query_only = ON;")?;
-        conn.set_prepared_statement_cache_capacity(READER_STATEMENT_CACHE);
-        Ok(LiteReader { conn })
-    }
-}
-
-impl Db for LiteReader {
-    async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
-        lite_run(&self.conn, sql, values)
-    }
-
-    async fn rows<T>(
-        &mut self,
-        sql: &str,
-        values: Vec<Val<'_>>,
-        map: impl FnMut(&dyn Cols) -> Result<T>,
-    ) -> Result<Vec<T>> {
-        lite_rows(&self.conn, sql, values, map)
-    }
-
-    fn rows_per_statement(&self) -> usize {
-        LITE_ROWS_PER_STATEMENT
-    }
+/// A connection of [`LiteReaders`]: it cannot write (`query_only`).
+fn open_reader(path: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(READER_BUSY_TIMEOUT)?;
+    conn.execute_batch("PRAGMA query_only = ON;")?;
+    conn.set_prepared_statement_cache_capacity(READER_STATEMENT_CACHE);
+    Ok(conn)
 }
 
 /// A writer's connection.
@@ -741,7 +702,7 @@ impl Db for Conn {
     async fn run(&mut self, sql: &str, values: Vec<Val<'_>>) -> Result<u64> {
         match self {
             Conn::Any(c, _) => c.run(sql, values).await,
-            Conn::Lite(c) => c.run(sql, values).await,
+            Conn::Lite(c) => c.conn.run(sql, values).await,
         }
     }
 
@@ -753,14 +714,14 @@ impl Db for Conn {
     ) -> Result<Vec<T>> {
         match self {
             Conn::Any(c, _) => c.rows(sql, values, map).await,
-            Conn::Lite(c) => c.rows(sql, values, map).await,
+            Conn::Lite(c) => c.conn.rows(sql, values, map).await,
         }
     }
 
     fn rows_per_statement(&self) -> usize {
         match self {
             Conn::Any(c, _) => c.rows_per_statement(),
-            Conn::Lite(c) => c.rows_per_statement(),
+            Conn::Lite(c) => c.conn.rows_per_statement(),
         }
     }
 
@@ -772,7 +733,7 @@ impl Db for Conn {
         match self {
             Conn::Any(c, prepared) if c.backend_name() == "PostgreSQL" => pg_script(c, prepared, statements, row).await,
             Conn::Any(c, _) => c.script(statements, row).await,
-            Conn::Lite(c) => c.script(statements, row).await,
+            Conn::Lite(c) => c.conn.script(statements, row).await,
         }
     }
 }
@@ -831,9 +792,8 @@ mod tests {
         assert!(!lite.restart_wanted.load(Ordering::Relaxed));
     }
 
-    fn count(reader: &LiteReader) -> i64 {
+    fn count(reader: &rusqlite::Connection) -> i64 {
         reader
-            .conn
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -861,7 +821,7 @@ mod tests {
         insert(&mut lite);
         assert_eq!(count(&reader), 1, "one read transaction, one state");
         assert!(
-            reader.conn.execute_batch("INSERT INTO t VALUES (2)").is_err(),
+            reader.execute_batch("INSERT INTO t VALUES (2)").is_err(),
             "a reader cannot write"
         );
         readers.end(reader).unwrap_or_else(|e| panic!("{e}"));
