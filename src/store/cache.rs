@@ -86,11 +86,24 @@ impl WriterCache {
     fn clear(&mut self) {
         self.members.clear();
         self.roster_version = None;
+        self.clear_but_members();
+    }
+
+    /// Everything but the members themselves: what a PostgreSQL writer holds for one transaction
+    /// (the usage, the totals, which members it may use).
+    fn clear_but_members(&mut self) {
         if let Some(usable) = &mut self.usable {
             usable.clear();
         }
         self.usage.clear();
         self.period_paid.clear();
+    }
+
+    /// PostgreSQL: `id` may be used for the rest of this transaction (SQLite: every member held is).
+    fn mark_usable(&mut self, id: &MemberId) {
+        if let Some(usable) = &mut self.usable {
+            usable.insert(id.clone());
+        }
     }
 
     /// At the start of a transaction, with SQLite's `data_version` (None on PostgreSQL). Returns
@@ -106,11 +119,7 @@ impl WriterCache {
             self.clear();
         } else if !self.lasting {
             // The members stay, none usable until `roster_seen`.
-            self.usage.clear();
-            self.period_paid.clear();
-            if let Some(usable) = &mut self.usable {
-                usable.clear();
-            }
+            self.clear_but_members();
         } else if changed_elsewhere {
             self.clear();
         }
@@ -169,9 +178,7 @@ impl WriterCache {
     pub(super) fn keep_members<'a>(&mut self, members: impl IntoIterator<Item = &'a Arc<Member>>) {
         for m in members {
             self.members.insert(m.id.clone(), Arc::clone(m));
-            if let Some(usable) = &mut self.usable {
-                usable.insert(m.id.clone());
-            }
+            self.mark_usable(&m.id);
         }
     }
 
@@ -189,9 +196,7 @@ impl WriterCache {
         for id in ids {
             self.members.insert(id.clone(), Arc::new(Member::new(id.clone())));
             self.usage.entry(id.clone()).or_default();
-            if let Some(usable) = &mut self.usable {
-                usable.insert(id.clone());
-            }
+            self.mark_usable(id);
         }
     }
 

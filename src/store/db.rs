@@ -574,8 +574,8 @@ impl LiteReaders {
 }
 
 /// The output of a future that is ready when first polled: a reader's statements (every [`Db`]
-/// method of a rusqlite connection) run to the end when called and never wait, so the store's functions,
-/// written once for both drivers as `async`, run on a reader from plain blocking code.
+/// method of a rusqlite connection) run to the end when called and never wait, so the store's
+/// functions, written once for both drivers as `async`, run on a reader from plain blocking code.
 pub(crate) fn ready<T>(read: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let mut read = std::pin::pin!(read);
     match read
