@@ -297,17 +297,18 @@ impl ReportService for ReportApi {
         let store = self.ledger.store().clone();
         let (tx, rx) = mpsc::channel(EXPORT_CHUNK_ROWS as usize);
         tokio::spawn(async move {
-            let mut after_seq = 0;
+            let mut pages = store.settlement_pages(&filter, 0);
             loop {
-                let rows = match store.list_settlements(&filter, after_seq, EXPORT_CHUNK_ROWS).await {
+                let rows = match pages.next(EXPORT_CHUNK_ROWS).await {
                     Ok(rows) => rows,
                     Err(e) => {
                         let _ = tx.send(Err(status(&e.into()))).await;
                         return;
                     }
                 };
-                let Some(last) = rows.last() else { return };
-                after_seq = last.seq;
+                if rows.is_empty() {
+                    return;
+                }
                 for s in &rows {
                     if tx.send(Ok(stored_to_proto(s))).await.is_err() {
                         return;

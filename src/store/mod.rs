@@ -35,7 +35,7 @@ use crate::domain::{
 pub use cache::Book;
 pub use db::WalSync;
 use db::{Cols, Conn, Db, Lite, LiteReaders, Statement, Val};
-pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
+pub use rows::{SettlementFilter, SettlementPages, SettlementTotals, StoredSettlement, TermsRow};
 
 /// Everything that can go wrong below the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -362,13 +362,20 @@ impl Store {
         rows::settlement_by_key(&mut *conn, hospital, claim).await
     }
 
+    /// The first `limit` settlements matching `filter` after number `after_seq`, in number order.
     pub async fn list_settlements(
         &self,
         filter: &SettlementFilter,
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredSettlement>> {
-        rows::list_settlements(&self.pool, filter, after_seq, limit).await
+        self.settlement_pages(filter, after_seq).next(limit).await
+    }
+
+    /// The settlements matching `filter` after number `after_seq`, page by page in number order
+    /// (an export).
+    pub fn settlement_pages(&self, filter: &SettlementFilter, after_seq: i64) -> SettlementPages {
+        SettlementPages::new(self.pool.clone(), self.backend, filter, after_seq)
     }
 
     pub async fn settlement_totals(&self, filter: &SettlementFilter) -> Result<SettlementTotals> {

@@ -548,3 +548,76 @@ async fn a_watch_ends_with_unavailable_when_the_server_drains() {
         started.elapsed()
     );
 }
+
+/// A listing between two dates is read a month at a time on SQLite (`store::SettlementPages`):
+/// settlements of several months, interleaved as they were settled, still come out in the order
+/// they were settled, each once, in an export (more than one read of 500 in a month) and page by
+/// page.
+#[tokio::test]
+async fn listings_between_dates_keep_the_settled_order_across_months() {
+    let app = spawn_app().await;
+    enroll_zhongning(&app, "M2").await;
+    let date = |i: usize| match i % 5 {
+        0 => "2020-06-01",
+        1 => "2020-06-15",
+        2 => "2020-06-30",
+        3 => "2020-07-31",
+        _ => "2020-05-31",
+    };
+    let hospital = |i: usize| if i % 4 == 0 { "H6" } else { "H5" };
+    let claims: Vec<_> = (0..1500)
+        .map(|i| claim_education(hospital(i), &format!("M-{i:04}"), date(i), "10.00"))
+        .collect();
+    let replies = settle_stream(&app, claims).await;
+    assert!(replies
+        .iter()
+        .all(|r| matches!(r.result, Some(proto::settlement_reply::Result::Settlement(_)))));
+    let matching = |from: &str, to: &str, h: Option<&str>| -> Vec<String> {
+        (0..1500)
+            .filter(|&i| (from..=to).contains(&date(i)) && h.is_none_or(|h| hospital(i) == h))
+            .map(|i| format!("M-{i:04}"))
+            .collect()
+    };
+    let request = |from: &str, to: &str, h: Option<&str>| ListSettlementsRequest {
+        from_date: from.into(),
+        to_date: to.into(),
+        hospital_id: h.unwrap_or_default().into(),
+        ..Default::default()
+    };
+    for (from, to, h) in [
+        ("2020-06-01", "2020-07-31", Some("H5")),
+        ("2020-05-01", "2020-07-31", None),
+        ("2020-06-02", "2020-07-31", Some("H6")),
+        ("2020-06-15", "2020-06-15", None),
+        ("2020-04-26", "2021-04-25", Some("H5")),
+        ("2020-08-01", "2020-07-31", None),
+    ] {
+        let expected = matching(from, to, h);
+        let exported = export(&app, request(from, to, h)).await;
+        assert_eq!(ids(&exported), expected, "export {from}..{to} {h:?}");
+
+        let mut listed = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let r = list(
+                &app,
+                ListSettlementsRequest {
+                    page_size: 97,
+                    page_token,
+                    ..request(from, to, h)
+                },
+            )
+            .await;
+            assert_eq!(r.totals.as_ref().expect("totals").count, expected.len() as u64);
+            assert!(r.settlements.len() <= 97);
+            listed.extend(ids(&r.settlements));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            page_token = r.next_page_token;
+        }
+        assert_eq!(listed, expected, "pages {from}..{to} {h:?}");
+    }
+    assert_eq!(matching("2020-06-01", "2020-07-31", Some("H5")).len(), 900);
+    app.stop().await;
+}
