@@ -483,3 +483,40 @@ async fn a_member_locked_after_the_roster_check_is_read_again() {
     writer.commit().await.expect("commit");
     db.close().await.expect("close");
 }
+
+/// Pooled connections the database server closed while they sat idle (a restart, an idle timeout
+/// on the way) are pinged on their way out of the pool and replaced: the reads after it succeed.
+/// Connections in steady use are not pinged (`store::PING_IDLE_AFTER`).
+#[tokio::test]
+async fn reads_after_the_server_closed_idle_connections_succeed() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    enroll_cixi(&app, "M1", "DIBAO").await;
+    let read = || async {
+        let mut reports = app.reports().await;
+        reports
+            .get_loss_ratio(LossRatioRequest {
+                product_code: "cixi-medical-assistance".into(),
+                ..Default::default()
+            })
+            .await
+    };
+    read().await.expect("a read before");
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin connection");
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(closed >= 1, "the service held connections");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    for i in 0..4 {
+        let figures = read()
+            .await
+            .unwrap_or_else(|s| panic!("read {i} after the close: {s:?}"));
+        assert!(!figures.into_inner().ratios.is_empty());
+    }
+    app.stop().await;
+}
