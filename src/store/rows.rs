@@ -185,7 +185,7 @@ fn months(from: &str, to: &str) -> Option<Vec<String>> {
 /// so each month is a range read from where it stopped, the hospital and other conditions tested
 /// on its rows. Read as one query, SQLite's planner took the settlements key index for a hospital
 /// (every settlement of it, of any date) or the month index's whole range, and sorted what it
-/// found by number again for every page: 35 s to export one hospital's month from 10,000,000
+/// found by number again for every page: 30 to 40 s to export one hospital's month from 10,000,000
 /// settlements (docs/benchmarks.md). Without both dates, on PostgreSQL, or over more than
 /// [`MONTHS_MAX`] months, each page is one query from the last number on.
 ///
@@ -448,6 +448,31 @@ mod tests {
         assert_eq!(months("2022-13-01", "2023-01-01"), None);
     }
 
+    /// A value bound to a statement whose plan is asked for.
+    enum Bind {
+        Int(i64),
+        Text(String),
+    }
+
+    /// SQLite's plan of `sql` (`EXPLAIN QUERY PLAN`), one line a step.
+    async fn plan_of(pool: &sqlx::AnyPool, sql: &str, binds: Vec<Bind>) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query(&explain);
+        for bind in binds {
+            query = match bind {
+                Bind::Int(v) => query.bind(v),
+                Bind::Text(v) => query.bind(v),
+            };
+        }
+        query
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect()
+    }
+
     /// SQLite plans settlement lists and totals filtered by service dates through the month index
     /// (migrations 0006), not through a scan of every settlement. (A list from a date on, with no
     /// end, walks the sequence numbers from the page's start instead, as it did with the date
@@ -473,24 +498,16 @@ mod tests {
             (totals_sql(&dates(None, Some("2021-12-31"))), false),
         ];
         for ((sql, values), paged) in cases {
-            let explain = format!("EXPLAIN QUERY PLAN {sql}");
-            let mut query = sqlx::query(&explain);
-            if paged {
-                query = query.bind(0_i64);
-            }
-            for v in &values {
-                query = query.bind(v.clone());
-            }
-            if paged {
-                query = query.bind(100_i64);
-            }
-            let plan: Vec<String> = query
-                .fetch_all(&store.pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.try_get::<String, _>("detail").unwrap())
-                .collect();
+            let values = values.into_iter().map(Bind::Text);
+            let binds: Vec<Bind> = if paged {
+                std::iter::once(Bind::Int(0))
+                    .chain(values)
+                    .chain([Bind::Int(100)])
+                    .collect()
+            } else {
+                values.collect()
+            };
+            let plan = plan_of(&store.pool, &sql, binds).await;
             assert!(
                 plan.iter().any(|d| d.contains("USING INDEX settlements_service_month")),
                 "{sql}: {plan:?}"
@@ -504,19 +521,12 @@ mod tests {
             ..dates(Some("2022-04-02"), Some("2022-04-30"))
         };
         let (sql, values) = month_page_sql(&filter);
-        let explain = format!("EXPLAIN QUERY PLAN {sql}");
-        let mut query = sqlx::query(&explain).bind("2022-04").bind(0_i64);
-        for v in &values {
-            query = query.bind(v.clone());
-        }
-        let plan: Vec<String> = query
-            .bind(100_i64)
-            .fetch_all(&store.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String, _>("detail").unwrap())
+        let binds = [Bind::Text("2022-04".into()), Bind::Int(0)]
+            .into_iter()
+            .chain(values.into_iter().map(Bind::Text))
+            .chain([Bind::Int(100)])
             .collect();
+        let plan = plan_of(&store.pool, &sql, binds).await;
         assert!(
             plan.iter()
                 .any(|d| d.contains("USING INDEX settlements_service_month (<expr>=? AND rowid>?)")),
