@@ -19,8 +19,8 @@ use crate::store::SettlementFilter;
 
 const PAGE_SIZE_DEFAULT: u32 = 100;
 const PAGE_SIZE_MAX: u32 = 1000;
-/// Rows read per query while exporting.
-const EXPORT_CHUNK_ROWS: i64 = 500;
+/// Settlements an export holds ready for its caller.
+const EXPORT_BUFFER: usize = 500;
 
 pub struct ReportApi {
     ledger: Ledger,
@@ -295,25 +295,16 @@ impl ReportService for ReportApi {
     ) -> Result<Response<ExportStream>, Status> {
         let filter = filter_of(request.get_ref())?;
         let store = self.ledger.store().clone();
-        let (tx, rx) = mpsc::channel(EXPORT_CHUNK_ROWS as usize);
+        let (tx, rx) = mpsc::channel(EXPORT_BUFFER);
         tokio::spawn(async move {
-            let mut pages = store.settlement_pages(&filter, 0);
-            loop {
-                let rows = match pages.next(EXPORT_CHUNK_ROWS).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(&e.into()))).await;
-                        return;
-                    }
-                };
-                if rows.is_empty() {
-                    return;
-                }
-                for s in &rows {
-                    if tx.send(Ok(stored_to_proto(s))).await.is_err() {
-                        return;
-                    }
-                }
+            let sent = store
+                .export(&filter, |s| {
+                    let tx = tx.clone();
+                    async move { tx.send(Ok(stored_to_proto(&s))).await.is_ok() }
+                })
+                .await;
+            if let Err(e) = sent {
+                let _ = tx.send(Err(status(&e.into()))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -153,6 +153,42 @@ async fn list_settlements(
     rows.iter().map(|r| settlement_row(r)).collect()
 }
 
+/// Every settlement matching `filter`, in number order, in one query on one connection: each goes
+/// to `each` as it arrives, until `each` answers false (PostgreSQL's export, [`super::Store::export`]).
+/// The query reads one snapshot, and PostgreSQL sorts its matches once. Stopped early, the
+/// connection is closed rather than handed back with the rest of the rows unread.
+pub(super) async fn each_settlement<F, Fut>(pool: &AnyPool, filter: &SettlementFilter, mut each: F) -> Result<()>
+where
+    F: FnMut(StoredSettlement) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use futures::TryStreamExt;
+    let (where_sql, values) = filter_sql(filter, 1);
+    let sql = format!(
+        "SELECT {SETTLEMENT_COLUMNS} FROM settlements s LEFT JOIN reversals r ON r.settlement_seq = s.seq \
+         WHERE 1 = 1{where_sql} ORDER BY s.seq"
+    );
+    let mut conn = pool.acquire().await?;
+    let mut query = sqlx::query(&sql);
+    for v in &values {
+        query = query.bind(v.clone());
+    }
+    let mut stopped = false;
+    {
+        let mut rows = query.fetch(&mut *conn);
+        while let Some(row) = rows.try_next().await? {
+            if !each(settlement_row(&row)?).await {
+                stopped = true;
+                break;
+            }
+        }
+    }
+    if stopped {
+        let _ = conn.close().await;
+    }
+    Ok(())
+}
+
 /// The most months of service dates a listing walks one by one ([`SettlementPages`]); a wider
 /// range is read in one query.
 const MONTHS_MAX: usize = 60;
