@@ -193,6 +193,9 @@ where
 /// range is read in one query.
 const MONTHS_MAX: usize = 60;
 
+/// The fewest settlements a month's read asks for ([`SettlementPages`]).
+const MONTH_FETCH_MIN: usize = 16;
+
 /// The months `YYYY-MM` from `from`'s to `to`'s (dates `YYYY-MM-DD`), in order; `None` when there
 /// are more than [`MONTHS_MAX`] or a date is not of that form.
 fn months(from: &str, to: &str) -> Option<Vec<String>> {
@@ -294,11 +297,14 @@ impl SettlementPages {
             }
             Plan::ByMonth(cursors) => {
                 let want = usize::try_from(limit).unwrap_or_default();
+                // Each month's share of the page, so that a page over many months does not read
+                // a whole page of each; a month that runs out is read again.
+                let fetch = (want / cursors.len().max(1)).max(MONTH_FETCH_MIN).min(want);
                 let mut out = Vec::with_capacity(want);
                 while out.len() < want {
                     for cursor in cursors.iter_mut().filter(|c| c.rows.is_empty() && !c.done) {
-                        let rows = month_page(&self.pool, &self.filter, &cursor.month, cursor.after, limit).await?;
-                        cursor.done = rows.len() < want;
+                        let rows = month_page(&self.pool, &self.filter, &cursor.month, cursor.after, fetch).await?;
+                        cursor.done = rows.len() < fetch;
                         if let Some(last) = rows.last() {
                             cursor.after = last.seq;
                         }
@@ -326,14 +332,17 @@ async fn month_page(
     filter: &SettlementFilter,
     month: &str,
     after: i64,
-    limit: i64,
+    limit: usize,
 ) -> Result<Vec<StoredSettlement>> {
     let (sql, values) = month_page_sql(filter);
     let mut query = sqlx::query(&sql).bind(month.to_owned()).bind(after);
     for v in &values {
         query = query.bind(v.clone());
     }
-    let rows = query.bind(limit).fetch_all(pool).await?;
+    let rows = query
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(|r| settlement_row(r)).collect()
 }
 
