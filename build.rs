@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/claims/v1/bench.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migrations when the crate compiles; a new file must rebuild it.
+    println!("cargo:rerun-if-changed=migrations");
     // The pure domain build (`--no-default-features`) needs no generated code.
     if std::env::var_os("CARGO_FEATURE_SERVER").is_none() {
         return Ok(());
