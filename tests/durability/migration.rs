@@ -477,12 +477,23 @@ async fn settlements_stored_before_migration_0004_keep_their_layers() {
         .map(|r| r.get::<i64, _>(0))
         .collect();
     // 0007 (PostgreSQL only): the roster's version, which writers check before using the members
-    // they hold.
+    // they hold. 0008 (PostgreSQL only): no planner statistics for the wide columns.
     let expected: &[i64] = match backend() {
         Backend::Sqlite => &[1, 2, 3, 4, 5, 6],
-        Backend::Postgres => &[1, 2, 3, 4, 5, 6, 7],
+        Backend::Postgres => &[1, 2, 3, 4, 5, 6, 7, 8],
     };
     assert_eq!(applied, expected, "the service applied 0004 to the last");
+    if backend() == Backend::Postgres {
+        let target: i64 = sqlx::query(
+            "SELECT CAST(attstattarget AS BIGINT) FROM pg_attribute \
+             WHERE attrelid = CAST('settlements' AS regclass) AND attname = 'claim_json'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("pg_attribute")
+        .get(0);
+        assert_eq!(target, 0, "0008 keeps no statistics of the canonical claims");
+    }
     // 0006: settlements are found by the month of their service date.
     let index_sql = match backend() {
         Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'settlements'",
