@@ -545,3 +545,64 @@ async fn reads_after_the_server_closed_idle_connections_succeed() {
     }
     app.stop().await;
 }
+
+/// A PostgreSQL export reads its settlements in one query on a pooled connection, held while it
+/// streams. One its caller abandons gives the connection up: more abandoned exports than the pool
+/// has connections leave every other read served.
+#[tokio::test]
+async fn abandoned_exports_give_their_connections_back() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    let members: Vec<String> = (0..50).map(|i| format!("X{i:03}")).collect();
+    let summary = enroll(
+        &app,
+        members
+            .iter()
+            .map(|m| row(m, "DIBAO", "2022-01-01", CIXI_2022[0], "2022-01-01"))
+            .collect(),
+    )
+    .await;
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let claims: Vec<ClaimRequest> = (0..1_500)
+        .map(|i| {
+            claim(
+                "HX",
+                &format!("X-{i}"),
+                &members[i % members.len()],
+                "2022-06-01",
+                "OUTPATIENT",
+                "",
+                &[("IN_SCOPE", "120.00")],
+                &[],
+            )
+        })
+        .collect();
+    let replies = settle_stream(&app, claims).await;
+    assert_eq!(replies.len(), 1_500);
+    for _ in 0..12 {
+        let mut export = app
+            .reports()
+            .await
+            .export_settlements(ListSettlementsRequest::default())
+            .await
+            .expect("ExportSettlements")
+            .into_inner();
+        let first = export.next().await;
+        assert!(matches!(first, Some(Ok(_))), "{first:?}");
+        drop(export);
+    }
+    let listed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        app.reports().await.list_settlements(ListSettlementsRequest {
+            page_size: 10,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a listing in time")
+    .expect("ListSettlements")
+    .into_inner();
+    assert_eq!(listed.settlements.len(), 10);
+    assert_eq!(listed.totals.expect("totals").count, 1_500);
+    app.stop().await;
+}
