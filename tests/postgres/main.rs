@@ -363,14 +363,11 @@ async fn a_large_roster_import_refreshes_the_planner_statistics() {
 /// Settling grows `settlements` and `member_usage` from nothing; where autovacuum is off (as here),
 /// only the ledger's own `ANALYZE` after 2,048 settlements (`ledger::statistics`) keeps the writers'
 /// prepared statements from running on plans made for empty tables.
-#[tokio::test]
-async fn settling_refreshes_the_planner_statistics_of_the_settlement_tables() {
-    let url = fresh_database().await;
-    let app = spawn_pg_app(&url).await;
-    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let members: Vec<String> = (0..200).map(|i| format!("G{i:04}")).collect();
+/// `n` DIBAO members `<prefix>0000`, ... enrolled in Cixi's medical assistance 2022.
+async fn enroll_in_medical_assistance(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
+    let members: Vec<String> = (0..n).map(|i| format!("{prefix}{i:04}")).collect();
     let summary = enroll(
-        &app,
+        app,
         members
             .iter()
             .map(|m| row(m, "DIBAO", "2022-01-01", CIXI_2022[0], "2022-01-01"))
@@ -378,22 +375,40 @@ async fn settling_refreshes_the_planner_statistics_of_the_settlement_tables() {
     )
     .await;
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
-    let claims_of = |from: usize, to: usize| -> Vec<ClaimRequest> {
-        (from..to)
-            .map(|i| {
-                claim(
-                    "HG",
-                    &format!("G-{i}"),
-                    &members[i % members.len()],
-                    "2022-06-01",
-                    "OUTPATIENT",
-                    "",
-                    &[("IN_SCOPE", "120.00")],
-                    &[],
-                )
-            })
-            .collect()
-    };
+    members
+}
+
+/// Outpatient claims `<prefix>-<i>` of 120.00 at `hospital` for each `i` of `numbers`, dealt to
+/// `members` in turn.
+fn outpatient_claims(
+    hospital: &str,
+    prefix: &str,
+    members: &[String],
+    numbers: std::ops::Range<usize>,
+) -> Vec<ClaimRequest> {
+    numbers
+        .map(|i| {
+            claim(
+                hospital,
+                &format!("{prefix}-{i}"),
+                &members[i % members.len()],
+                "2022-06-01",
+                "OUTPATIENT",
+                "",
+                &[("IN_SCOPE", "120.00")],
+                &[],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn settling_refreshes_the_planner_statistics_of_the_settlement_tables() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let members = enroll_in_medical_assistance(&app, "G", 200).await;
+    let claims_of = |from: usize, to: usize| outpatient_claims("HG", "G", &members, from..to);
 
     let replies = settle_stream(&app, claims_of(0, 1_000)).await;
     assert_eq!(replies.len(), 1_000);
@@ -553,31 +568,8 @@ async fn reads_after_the_server_closed_idle_connections_succeed() {
 async fn abandoned_exports_give_their_connections_back() {
     let url = fresh_database().await;
     let app = spawn_pg_app(&url).await;
-    let members: Vec<String> = (0..50).map(|i| format!("X{i:03}")).collect();
-    let summary = enroll(
-        &app,
-        members
-            .iter()
-            .map(|m| row(m, "DIBAO", "2022-01-01", CIXI_2022[0], "2022-01-01"))
-            .collect(),
-    )
-    .await;
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
-    let claims: Vec<ClaimRequest> = (0..1_500)
-        .map(|i| {
-            claim(
-                "HX",
-                &format!("X-{i}"),
-                &members[i % members.len()],
-                "2022-06-01",
-                "OUTPATIENT",
-                "",
-                &[("IN_SCOPE", "120.00")],
-                &[],
-            )
-        })
-        .collect();
-    let replies = settle_stream(&app, claims).await;
+    let members = enroll_in_medical_assistance(&app, "X", 50).await;
+    let replies = settle_stream(&app, outpatient_claims("HX", "X", &members, 0..1_500)).await;
     assert_eq!(replies.len(), 1_500);
     for _ in 0..12 {
         let mut export = app
