@@ -299,7 +299,7 @@ impl ReportService for ReportApi {
         tokio::spawn(async move {
             let sent = store
                 .export(&filter, |s| {
-                    let tx = tx.clone();
+                    let tx = &tx;
                     async move { tx.send(Ok(stored_to_proto(&s))).await.is_ok() }
                 })
                 .await;

@@ -138,21 +138,6 @@ fn filter_sql(filter: &SettlementFilter, first_param: usize) -> (String, Vec<Str
     (sql, values)
 }
 
-async fn list_settlements(
-    pool: &AnyPool,
-    filter: &SettlementFilter,
-    after_seq: i64,
-    limit: i64,
-) -> Result<Vec<StoredSettlement>> {
-    let (sql, values) = list_sql(filter);
-    let mut query = sqlx::query(&sql).bind(after_seq);
-    for v in &values {
-        query = query.bind(v.clone());
-    }
-    let rows = query.bind(limit).fetch_all(pool).await?;
-    rows.iter().map(|r| settlement_row(r)).collect()
-}
-
 /// Every settlement matching `filter`, in number order, in one query on one connection: each goes
 /// to `each` as it arrives, until `each` answers false (PostgreSQL's export, [`super::Store::export`]).
 /// The query reads one snapshot, and PostgreSQL sorts its matches once. Stopped early, the
@@ -233,9 +218,38 @@ fn months(from: &str, to: &str) -> Option<Vec<String>> {
 /// commits in number order, so a month read again never returns a number below one already given.
 #[derive(Debug)]
 pub struct SettlementPages {
-    pool: AnyPool,
-    filter: SettlementFilter,
+    query: PageQuery,
     plan: Plan,
+}
+
+/// The statement that reads a page of a listing, built once: [`list_sql`], or [`month_page_sql`]
+/// for the month plan.
+#[derive(Debug)]
+struct PageQuery {
+    pool: AnyPool,
+    sql: String,
+    /// The filter's values, bound after the month (month plan) and the number.
+    values: Vec<String>,
+}
+
+impl PageQuery {
+    /// Up to `limit` settlements after number `after` (of `month`, for the month plan), in number
+    /// order.
+    async fn run(&self, month: Option<&str>, after: i64, limit: usize) -> Result<Vec<StoredSettlement>> {
+        let mut query = sqlx::query(&self.sql);
+        if let Some(month) = month {
+            query = query.bind(month.to_owned());
+        }
+        query = query.bind(after);
+        for v in &self.values {
+            query = query.bind(v.clone());
+        }
+        let rows = query
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| settlement_row(r)).collect()
+    }
 }
 
 #[derive(Debug)]
@@ -278,32 +292,35 @@ impl SettlementPages {
             ),
             None => Plan::BySeq(after_seq),
         };
+        let (sql, values) = match plan {
+            Plan::BySeq(_) => list_sql(filter),
+            Plan::ByMonth(_) => month_page_sql(filter),
+        };
         SettlementPages {
-            pool,
-            filter: filter.clone(),
+            query: PageQuery { pool, sql, values },
             plan,
         }
     }
 
     /// The next `limit` settlements (fewer at the end; none after it).
     pub async fn next(&mut self, limit: i64) -> Result<Vec<StoredSettlement>> {
+        let want = usize::try_from(limit).unwrap_or_default();
         match &mut self.plan {
             Plan::BySeq(after) => {
-                let rows = list_settlements(&self.pool, &self.filter, *after, limit).await?;
+                let rows = self.query.run(None, *after, want).await?;
                 if let Some(last) = rows.last() {
                     *after = last.seq;
                 }
                 Ok(rows)
             }
             Plan::ByMonth(cursors) => {
-                let want = usize::try_from(limit).unwrap_or_default();
                 // Each month's share of the page, so that a page over many months does not read
                 // a whole page of each; a month that runs out is read again.
                 let fetch = (want / cursors.len().max(1)).max(MONTH_FETCH_MIN).min(want);
                 let mut out = Vec::with_capacity(want);
                 while out.len() < want {
                     for cursor in cursors.iter_mut().filter(|c| c.rows.is_empty() && !c.done) {
-                        let rows = month_page(&self.pool, &self.filter, &cursor.month, cursor.after, fetch).await?;
+                        let rows = self.query.run(Some(&cursor.month), cursor.after, fetch).await?;
                         cursor.done = rows.len() < fetch;
                         if let Some(last) = rows.last() {
                             cursor.after = last.seq;
@@ -323,27 +340,6 @@ impl SettlementPages {
             }
         }
     }
-}
-
-/// Up to `limit` settlements of one month of service dates after number `after`, through the
-/// month index (SQLite only: `INDEXED BY`).
-async fn month_page(
-    pool: &AnyPool,
-    filter: &SettlementFilter,
-    month: &str,
-    after: i64,
-    limit: usize,
-) -> Result<Vec<StoredSettlement>> {
-    let (sql, values) = month_page_sql(filter);
-    let mut query = sqlx::query(&sql).bind(month.to_owned()).bind(after);
-    for v in &values {
-        query = query.bind(v.clone());
-    }
-    let rows = query
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(|r| settlement_row(r)).collect()
 }
 
 /// A page of one month's settlements: the month `$1`, after number `$2`, the filter's values from
