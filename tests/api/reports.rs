@@ -46,6 +46,28 @@ async fn list(app: &TestApp, request: ListSettlementsRequest) -> ListSettlements
         .into_inner()
 }
 
+/// Every page of a listing, following its page tokens from the first page; fewer than `most`.
+async fn list_pages(app: &TestApp, first: ListSettlementsRequest, most: usize) -> Vec<ListSettlementsResponse> {
+    let mut pages = Vec::new();
+    let mut page_token = first.page_token.clone();
+    loop {
+        let page = list(
+            app,
+            ListSettlementsRequest {
+                page_token,
+                ..first.clone()
+            },
+        )
+        .await;
+        page_token = page.next_page_token.clone();
+        pages.push(page);
+        if page_token.is_empty() {
+            return pages;
+        }
+        assert!(pages.len() < most, "paging ends");
+    }
+}
+
 fn ids(settlements: &[StoredSettlement]) -> Vec<String> {
     settlements.iter().map(|s| inner(s).claim_id.clone()).collect()
 }
@@ -82,25 +104,17 @@ async fn list_settlements_pages_with_totals_over_every_match() {
     let all = five_settlements(&app).await;
     let every: Vec<&StoredSettlement> = all.iter().collect();
 
-    let mut pages = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = list(
-            &app,
-            ListSettlementsRequest {
-                page_size: 2,
-                page_token: token.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
-        assert_totals_of(&page, &every);
-        token = page.next_page_token.clone();
-        pages.push(page);
-        if token.is_empty() {
-            break;
-        }
-        assert!(pages.len() < 10, "paging ends");
+    let pages = list_pages(
+        &app,
+        ListSettlementsRequest {
+            page_size: 2,
+            ..Default::default()
+        },
+        10,
+    )
+    .await;
+    for page in &pages {
+        assert_totals_of(page, &every);
     }
     let page_ids: Vec<Vec<String>> = pages.iter().map(|p| ids(&p.settlements)).collect();
     assert_eq!(
@@ -596,25 +610,20 @@ async fn listings_between_dates_keep_the_settled_order_across_months() {
         let exported = export(&app, request(from, to, h)).await;
         assert_eq!(ids(&exported), expected, "export {from}..{to} {h:?}");
 
+        let pages = list_pages(
+            &app,
+            ListSettlementsRequest {
+                page_size: 97,
+                ..request(from, to, h)
+            },
+            100,
+        )
+        .await;
         let mut listed = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let r = list(
-                &app,
-                ListSettlementsRequest {
-                    page_size: 97,
-                    page_token,
-                    ..request(from, to, h)
-                },
-            )
-            .await;
+        for r in &pages {
             assert_eq!(r.totals.as_ref().expect("totals").count, expected.len() as u64);
             assert!(r.settlements.len() <= 97);
             listed.extend(ids(&r.settlements));
-            if r.next_page_token.is_empty() {
-                break;
-            }
-            page_token = r.next_page_token;
         }
         assert_eq!(listed, expected, "pages {from}..{to} {h:?}");
     }
