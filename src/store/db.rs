@@ -23,12 +23,15 @@ use sqlx::{AnyConnection, Executor, Row};
 use super::{Result, StoreError};
 
 /// A value bound to a statement parameter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Val<'a> {
     Int(i64),
     Str(&'a str),
     Text(String),
     Null,
+    /// A PostgreSQL array of these values, none of them an array (`unnest` takes it apart):
+    /// written into the message as one literal ([`literal_into`]), or bound as its text.
+    Array(Vec<Val<'a>>),
 }
 
 impl From<Option<String>> for Val<'_> {
@@ -45,6 +48,11 @@ impl rusqlite::ToSql for Val<'_> {
             Val::Str(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Val::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Val::Array(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "SQLite has no arrays: only PostgreSQL's statements take them".into(),
+                ))
+            }
         })
     }
 }
@@ -116,7 +124,10 @@ pub(crate) trait Db {
 pub(crate) type Statement<'a> = (String, Vec<Val<'a>>);
 
 /// Writes `value` as a PostgreSQL literal, for the simple query protocol, which binds nothing. A
-/// text becomes an escape string (`E'...'`, backslashes and quotes doubled), read the same whatever
+/// text becomes an escape string (`E'...'`, quotes doubled), or, when it holds a backslash, a
+/// dollar-quoted string (`$q$...$q$`, with a tag the text does not hold), which needs no escapes:
+/// the writers' array literals escape every `"` of the JSON in them with one, and doubling each
+/// again cost claimsd and PostgreSQL's scanner a step per character. Both read the same whatever
 /// `standard_conforming_strings` says; a text with a NUL character, which PostgreSQL cannot store,
 /// is refused.
 pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
@@ -129,31 +140,126 @@ pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
         Val::Null => out.push_str("NULL"),
         Val::Str(text) => quote_into(out, text)?,
         Val::Text(text) => quote_into(out, text)?,
+        Val::Array(items) => {
+            // Dollar-quoted: the escapes of its texts' `"` (a claim's JSON holds many) need no
+            // doubling.
+            let texts = || {
+                items.iter().filter_map(|v| match v {
+                    Val::Str(t) => Some(*t),
+                    Val::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+            };
+            if texts().any(|t| memchr::memchr(0, t.as_bytes()).is_some()) {
+                return Err(nul());
+            }
+            let tag = dollar_tag(|tag| texts().any(|t| memchr::memmem::find(t.as_bytes(), tag.as_bytes()).is_some()));
+            out.push_str(&tag);
+            array_into(out, items);
+            out.push_str(&tag);
+        }
     }
     Ok(())
+}
+
+/// The literal of an array of `items`, `{1,NULL,"a\"b"}`: numbers as they are, `NULL` bare, and
+/// every text quoted, `"` and `\` escaped, so that none reads as `NULL` or splits. (An array
+/// among the items, which nothing makes, is written as the text of its literal.)
+pub(crate) fn array_into(out: &mut String, items: &[Val<'_>]) {
+    out.push('{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            Val::Int(v) => {
+                use std::fmt::Write;
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{v}");
+            }
+            Val::Null => out.push_str("NULL"),
+            Val::Str(text) => array_text_into(out, text),
+            Val::Text(text) => array_text_into(out, text),
+            Val::Array(inner) => {
+                let mut text = String::new();
+                array_into(&mut text, inner);
+                array_text_into(out, &text);
+            }
+        }
+    }
+    out.push('}');
+}
+
+/// One quoted text of an array literal, the text between the characters to escape copied in one
+/// piece each.
+fn array_text_into(out: &mut String, text: &str) {
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut rest = text;
+    while let Some(at) = memchr::memchr2(b'"', b'\\', rest.as_bytes()) {
+        // `at` is the index of an ASCII byte: a character boundary.
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        out.push('\\');
+        out.push_str(from.get(..1).unwrap_or(""));
+        rest = from.get(1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out.push('"');
 }
 
 /// Copies the text between the characters to double in one piece each: a claim's JSON (most of
 /// what a writer sends) holds few or none, and copying a character at a time was 8% of claimsd's
 /// samples on four PostgreSQL streams (docs/benchmarks.md).
 fn quote_into(out: &mut String, text: &str) -> Result<()> {
+    if memchr::memchr(b'\\', text.as_bytes()).is_some() {
+        return dollar_quote_into(out, text);
+    }
     out.reserve(text.len() + 3);
     out.push_str("E'");
     let mut rest = text;
-    while let Some(at) = memchr::memchr3(b'\'', b'\\', 0, rest.as_bytes()) {
+    while let Some(at) = memchr::memchr2(b'\'', 0, rest.as_bytes()) {
         // `at` is the index of an ASCII byte: a character boundary.
         let (before, from) = rest.split_at(at);
         out.push_str(before);
         match from.as_bytes().first() {
             Some(b'\'') => out.push_str("''"),
-            Some(b'\\') => out.push_str("\\\\"),
-            _ => return Err(StoreError::Statement("a text value holds a NUL character".into())),
+            _ => return Err(nul()),
         }
         rest = from.get(1..).unwrap_or("");
     }
     out.push_str(rest);
     out.push('\'');
     Ok(())
+}
+
+/// `$q$text$q$`.
+fn dollar_quote_into(out: &mut String, text: &str) -> Result<()> {
+    if memchr::memchr(0, text.as_bytes()).is_some() {
+        return Err(nul());
+    }
+    let tag = dollar_tag(|tag| memchr::memmem::find(text.as_bytes(), tag.as_bytes()).is_some());
+    out.reserve(text.len() + 2 * tag.len());
+    out.push_str(&tag);
+    out.push_str(text);
+    out.push_str(&tag);
+    Ok(())
+}
+
+/// The tag of a dollar-quoted string: `$q$`, else `$q1$`, `$q2$`, ..., the first that the quoted
+/// text does not hold (`held`).
+fn dollar_tag(held: impl Fn(&str) -> bool) -> String {
+    let mut tag = String::from("$q$");
+    let mut n = 0u32;
+    while held(&tag) {
+        n += 1;
+        tag = format!("$q{n}$");
+    }
+    tag
+}
+
+fn nul() -> StoreError {
+    StoreError::Statement("a text value holds a NUL character".into())
 }
 
 fn any_query<'q>(sql: &'q str, values: Vec<Val<'q>>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
@@ -164,6 +270,11 @@ fn any_query<'q>(sql: &'q str, values: Vec<Val<'q>>) -> sqlx::query::Query<'q, s
             Val::Str(s) => query.bind(s),
             Val::Text(s) => query.bind(s),
             Val::Null => query.bind(Option::<String>::None),
+            Val::Array(items) => {
+                let mut text = String::new();
+                array_into(&mut text, &items);
+                query.bind(text)
+            }
         };
     }
     query
@@ -622,7 +733,8 @@ pub(crate) struct Prepared {
 /// lock's previous holder committed. A statement with parameters runs as `EXECUTE name(values)`
 /// of a statement prepared (`PREPARE`) on this connection the first time its text is sent, in the
 /// same message: it is planned like the driver's own prepared statements, not anew each time. The
-/// texts are few: every statement of the store has a fixed shape for each of a few chunk sizes
+/// texts are few: the writes take their rows as arrays (`row_statements`), one text for any number
+/// of rows, and the other statements have a fixed shape for each of a few chunk sizes
 /// (`statement_chunks`). What a failed message prepared is not recorded, and is prepared again
 /// under a new name if needed (the ledger replaces a writer whose batch failed anyway).
 async fn pg_script(
@@ -884,12 +996,50 @@ mod tests {
     fn literals_escape_quotes_and_backslashes_and_refuse_nul() {
         assert_eq!(literal(Val::Int(-42)).ok().as_deref(), Some("-42"));
         assert_eq!(literal(Val::Null).ok().as_deref(), Some("NULL"));
+        assert_eq!(literal(Val::Str("it's $1")).ok().as_deref(), Some("E'it''s $1'"));
         assert_eq!(
-            literal(Val::Str(r"it's a \ and $1")).ok().as_deref(),
-            Some(r"E'it''s a \\ and $1'")
+            literal(Val::Str(r"it's a \ and $q$")).ok().as_deref(),
+            Some(r"$q1$it's a \ and $q$$q1$")
+        );
+        assert_eq!(
+            literal(Val::Str(r#"{"a\"b"}"#)).ok().as_deref(),
+            Some(r#"$q${"a\"b"}$q$"#)
         );
         assert_eq!(literal(Val::Text("医保".into())).ok().as_deref(), Some("E'医保'"));
         assert!(matches!(literal(Val::Str("a\0b")), Err(StoreError::Statement(_))));
+        assert!(matches!(literal(Val::Str("a\\\0b")), Err(StoreError::Statement(_))));
+    }
+
+    #[test]
+    fn array_literals_quote_every_text_and_dollar_quote_the_whole() {
+        let array = |items: Vec<Val<'static>>| {
+            let mut out = String::new();
+            array_into(&mut out, &items);
+            out
+        };
+        assert_eq!(array(Vec::new()), "{}");
+        assert_eq!(
+            array(vec![
+                Val::Str("H1"),
+                Val::Str("NULL"),
+                Val::Null,
+                Val::Int(-7),
+                Val::Str("a,b"),
+                Val::Text(r#"q"uote"#.into()),
+                Val::Str(r"back\slash"),
+            ]),
+            r#"{"H1","NULL",NULL,-7,"a,b","q\"uote","back\\slash"}"#
+        );
+        assert_eq!(
+            literal(Val::Array(vec![Val::Str(r#"{"a":1}"#)])).ok().as_deref(),
+            Some(r#"$q${"{\"a\":1}"}$q$"#)
+        );
+        assert_eq!(
+            literal(Val::Array(vec![Val::Str("$q$"), Val::Str("$q1$")]))
+                .ok()
+                .as_deref(),
+            Some(r#"$q2${"$q$","$q1$"}$q2$"#)
+        );
     }
 
     /// Any text without NUL, written as a literal, reads back from a real PostgreSQL as itself,
@@ -898,9 +1048,33 @@ mod tests {
     #[test]
     fn literals_read_back_from_postgresql_as_the_same_text() {
         use proptest::prelude::*;
-        use sqlx::Connection;
-        use std::cell::RefCell;
 
+        let (runtime, conn) = postgres();
+        let read_back = |text: &str, conforming: &str| -> String {
+            let mut sql = format!("SET standard_conforming_strings = {conforming}; SELECT ");
+            literal_into(&mut sql, &Val::Str(text)).unwrap_or_else(|e| panic!("{e}"));
+            sql.push_str(" AS v");
+            let rows: Vec<sqlx::any::AnyRow> = runtime
+                .block_on(conn.borrow_mut().fetch_all(sqlx::raw_sql(&sql)))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let row = rows.last().unwrap_or_else(|| panic!("{sql}: no row"));
+            row.try_get::<String, _>("v").unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+        runner
+            .run(&proptest::collection::vec(awkward(), 0..40), |chars| {
+                let text: String = chars.into_iter().collect();
+                prop_assert_eq!(read_back(&text, "on"), text.clone());
+                prop_assert_eq!(read_back(&text, "off"), text);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A connection to the PostgreSQL of CLAIMS_TEST_POSTGRES_URL (scripts/test finds or starts
+    /// one; without one this fails, as the PostgreSQL tests do), with a runtime to drive it.
+    fn postgres() -> (tokio::runtime::Runtime, std::cell::RefCell<AnyConnection>) {
+        use sqlx::Connection;
         let url = std::env::var("CLAIMS_TEST_POSTGRES_URL")
             .ok()
             .filter(|u| !u.trim().is_empty())
@@ -913,33 +1087,69 @@ mod tests {
         let conn = runtime
             .block_on(AnyConnection::connect(&url))
             .unwrap_or_else(|e| panic!("PostgreSQL at {url} (CLAIMS_TEST_POSTGRES_URL) does not answer: {e}"));
-        let conn = RefCell::new(conn);
-        let read_back = |text: &str, conforming: &str| -> String {
-            let mut sql = format!("SET standard_conforming_strings = {conforming}; SELECT ");
-            literal_into(&mut sql, &Val::Str(text)).unwrap_or_else(|e| panic!("{e}"));
-            sql.push_str(" AS v");
-            let rows: Vec<sqlx::any::AnyRow> = runtime
-                .block_on(conn.borrow_mut().fetch_all(sqlx::raw_sql(&sql)))
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            let row = rows.last().unwrap_or_else(|| panic!("{sql}: no row"));
-            row.try_get::<String, _>("v").unwrap_or_else(|e| panic!("{e}"))
-        };
-        let awkward = prop_oneof![
+        (runtime, std::cell::RefCell::new(conn))
+    }
+
+    /// Characters that quoting must handle, and any other but NUL.
+    fn awkward() -> impl proptest::strategy::Strategy<Value = char> {
+        use proptest::prelude::*;
+        prop_oneof![
             Just('\''),
             Just('\\'),
             Just('$'),
+            Just('q'),
             Just(';'),
             Just('"'),
+            Just(','),
+            Just('{'),
+            Just('}'),
+            Just(' '),
             any::<char>().prop_filter("PostgreSQL text holds no NUL", |c| *c != '\0'),
+        ]
+    }
+
+    /// Texts, numbers and NULLs written as an array literal (as the writers' `unnest` statements
+    /// send a column) and that as a literal read back from a real PostgreSQL element by element as
+    /// themselves, in order: quotes, backslashes, commas, braces, blanks, empty texts and the text
+    /// `NULL` included.
+    #[test]
+    fn arrays_read_back_from_postgresql_as_the_same_values() {
+        use proptest::prelude::*;
+
+        let (runtime, conn) = postgres();
+        let read_back = |values: &[Val<'_>], array_type: &str| -> Vec<Option<String>> {
+            let mut sql = String::from("SELECT CAST(v AS TEXT) AS v FROM unnest(CAST(");
+            literal_into(&mut sql, &Val::Array(values.to_vec())).unwrap_or_else(|e| panic!("{e}"));
+            sql.push_str(&format!(" AS {array_type})) WITH ORDINALITY AS a(v, n) ORDER BY n"));
+            let rows: Vec<sqlx::any::AnyRow> = runtime
+                .block_on(conn.borrow_mut().fetch_all(sqlx::raw_sql(&sql)))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows.iter()
+                .map(|r| r.try_get::<Option<String>, _>("v").unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        };
+        let text = proptest::collection::vec(awkward(), 0..12).prop_map(|c| c.into_iter().collect::<String>());
+        let element = prop_oneof![
+            4 => text.prop_map(Some),
+            1 => Just(Some("NULL".to_owned())),
+            1 => Just(None),
         ];
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(256));
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(128));
         runner
-            .run(&proptest::collection::vec(awkward, 0..40), |chars| {
-                let text: String = chars.into_iter().collect();
-                prop_assert_eq!(read_back(&text, "on"), text.clone());
-                prop_assert_eq!(read_back(&text, "off"), text);
+            .run(&proptest::collection::vec(element, 0..8), |texts| {
+                let values: Vec<Val<'_>> = texts.iter().map(|t| t.as_deref().map_or(Val::Null, Val::Str)).collect();
+                prop_assert_eq!(read_back(&values, "TEXT[]"), texts);
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{e}"));
+        runner
+            .run(&proptest::collection::vec(any::<i64>(), 0..8), |numbers| {
+                let values: Vec<Val<'_>> = numbers.iter().map(|n| Val::Int(*n)).collect();
+                let expected: Vec<Option<String>> = numbers.iter().map(|n| Some(n.to_string())).collect();
+                prop_assert_eq!(read_back(&values, "BIGINT[]"), expected);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(literal(Val::Array(vec![Val::Int(1), Val::Str("a\0b")])).is_err());
     }
 }

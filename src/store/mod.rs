@@ -143,21 +143,98 @@ const ROWS_PER_STATEMENT_MAX: usize = 128;
 /// chunks of falling powers of two. A driver that keeps prepared statements by their text then sees
 /// at most log2(`max`) + 1 texts of each statement, whatever the batch sizes.
 fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
-    let max = max.max(1);
     let mut rest = items;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let size = if rest.len() >= max {
-            max
-        } else {
-            1 << rest.len().ilog2()
-        };
+    chunk_sizes(items.len(), max).map(move |size| {
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
-        Some(chunk)
+        chunk
     })
+}
+
+/// The sizes of [`statement_chunks`] of `n` items.
+fn chunk_sizes(n: usize, max: usize) -> impl Iterator<Item = usize> {
+    let max = max.max(1);
+    let mut rest = n;
+    std::iter::from_fn(move || {
+        if rest == 0 {
+            return None;
+        }
+        let size = if rest >= max { max } else { 1 << rest.ilog2() };
+        rest -= size;
+        Some(size)
+    })
+}
+
+/// The columns of a settlement's row, as [`Writer::insert_settlements`] writes them.
+const SETTLEMENT_COLUMNS: [Column; 13] = {
+    use Column::{Int, Text};
+    [Text, Text, Text, Text, Text, Text, Int, Int, Int, Int, Text, Text, Text]
+};
+
+/// The type of a column that [`row_statements`] writes, for PostgreSQL's typed arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Text,
+    Int,
+}
+
+impl Column {
+    fn array_type(self) -> &'static str {
+        match self {
+            Column::Text => "TEXT[]",
+            Column::Int => "BIGINT[]",
+        }
+    }
+}
+
+/// The statements that write rows of `columns.len()` values each, `values` holding them one row
+/// after another: `head` names the table and its columns (`INSERT INTO t (a, b)`), `tail` follows
+/// the rows (`ON CONFLICT ...`, `RETURNING ...`). SQLite: multi-row `VALUES`, in chunks of at most
+/// `max` rows ([`statement_chunks`]). PostgreSQL: one statement for any number of rows, each column
+/// one array that `unnest` takes apart, so that PostgreSQL parses and coerces a literal a column,
+/// not one a value: a batch's insert of 128 settlements was 1,664 literals, and parsing and
+/// coercing them about a sixth of PostgreSQL's work on four streams (docs/benchmarks.md).
+fn row_statements<'a>(
+    backend: Backend,
+    max: usize,
+    head: &str,
+    columns: &[Column],
+    tail: &str,
+    values: Vec<Val<'a>>,
+) -> Result<Vec<Statement<'a>>> {
+    let width = columns.len().max(1);
+    if values.len() % width != 0 {
+        return Err(StoreError::Statement(format!(
+            "{} values do not make rows of {width}",
+            values.len()
+        )));
+    }
+    let rows = values.len() / width;
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    if backend == Backend::Postgres {
+        let casts: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("CAST(${} AS {})", i + 1, c.array_type()))
+            .collect();
+        let sql = format!("{head} SELECT * FROM unnest({}){tail}", casts.join(", "));
+        let mut arrays: Vec<Vec<Val<'a>>> = (0..width).map(|_| Vec::with_capacity(rows)).collect();
+        for (i, value) in values.into_iter().enumerate() {
+            if let Some(array) = arrays.get_mut(i % width) {
+                array.push(value);
+            }
+        }
+        return Ok(vec![(sql, arrays.into_iter().map(Val::Array).collect())]);
+    }
+    let mut values = values.into_iter();
+    Ok(chunk_sizes(rows, max)
+        .map(|size| {
+            let sql = format!("{head} VALUES {}{tail}", Params::new(backend).values(size, width));
+            (sql, values.by_ref().take(size * width).collect())
+        })
+        .collect())
 }
 
 /// Numbers the parameters of a statement the way its backend wants them: `$1, $2, ...` for
@@ -582,10 +659,7 @@ impl LockKey {
 /// text for any number of keys (two arrays), so that it stays prepared. `unnest` returns the
 /// elements in order and the aggregate takes each lock as its row arrives.
 fn lock_statement(keys: &BTreeSet<LockKey>) -> Statement<'static> {
-    let array = |part: fn(&LockKey) -> i32| {
-        let items: Vec<String> = keys.iter().map(|k| part(k).to_string()).collect();
-        Val::Text(format!("{{{}}}", items.join(",")))
-    };
+    let array = |part: fn(&LockKey) -> i32| Val::Array(keys.iter().map(|k| Val::Int(i64::from(part(k)))).collect());
     (
         "SELECT COUNT(pg_advisory_xact_lock(ns, h)) AS n \
          FROM unnest(CAST($1 AS INTEGER[]), CAST($2 AS INTEGER[])) AS v(ns, h)"
@@ -899,36 +973,35 @@ impl Writer {
         let settlements: Vec<&Settlement> = rows.iter().map(|r| r.settlement).collect();
         // Read first (where not held): the usage of the members whose rows the figures rewrite.
         let (figures, deltas) = self.running_figures(&settlements, 1).await?;
-        let mut statements: Vec<Statement<'_>> = Vec::new();
-        for chunk in statement_chunks(rows, self.conn.rows_per_statement()) {
-            let mut sql = String::from(
-                "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
-                 total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at, layers) VALUES ",
-            );
-            sql.push_str(&Params::new(self.backend).values(chunk.len(), 13));
-            // Row order of RETURNING is not defined: the key maps each number back.
-            sql.push_str(" RETURNING seq, hospital_id, claim_id");
-            let mut values = Vec::with_capacity(chunk.len() * 13);
-            for r in chunk {
-                let s = r.settlement;
-                values.extend([
-                    Val::Str(s.hospital_id.as_str()),
-                    Val::Str(s.claim_id.as_str()),
-                    Val::Str(s.member_id.as_str()),
-                    Val::Text(format_date(s.service_date)),
-                    Val::Str(s.category.as_str()),
-                    Val::Str(r.claim_json),
-                    Val::Int(fen(s.total_cost, "settlements")?),
-                    Val::Int(fen(s.upstream_total, "settlements")?),
-                    Val::Int(fen(s.payout_total, "settlements")?),
-                    Val::Int(fen(s.out_of_pocket, "settlements")?),
-                    Val::Text(reasons_text(&s.reasons)),
-                    Val::Str(r.settled_at),
-                    Val::Text(layers_json(&s.layers)?),
-                ]);
-            }
-            statements.push((sql, values));
+        let mut values = Vec::with_capacity(rows.len() * SETTLEMENT_COLUMNS.len());
+        for r in rows {
+            let s = r.settlement;
+            values.extend([
+                Val::Str(s.hospital_id.as_str()),
+                Val::Str(s.claim_id.as_str()),
+                Val::Str(s.member_id.as_str()),
+                Val::Text(format_date(s.service_date)),
+                Val::Str(s.category.as_str()),
+                Val::Str(r.claim_json),
+                Val::Int(fen(s.total_cost, "settlements")?),
+                Val::Int(fen(s.upstream_total, "settlements")?),
+                Val::Int(fen(s.payout_total, "settlements")?),
+                Val::Int(fen(s.out_of_pocket, "settlements")?),
+                Val::Text(reasons_text(&s.reasons)),
+                Val::Str(r.settled_at),
+                Val::Text(layers_json(&s.layers)?),
+            ]);
         }
+        // Row order of RETURNING is not defined: the key maps each number back.
+        let mut statements = row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
+             total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at, layers)",
+            &SETTLEMENT_COLUMNS,
+            " RETURNING seq, hospital_id, claim_id",
+            values,
+        )?;
         let inserts = statements.len();
         statements.extend(figures);
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
@@ -1013,25 +1086,18 @@ impl Writer {
                 .ok_or_else(|| corrupt("member_usage", "a member's usage was not read before its change"))?;
             rows.push((*member, usage_json(held)?));
         }
-        let mut statements = Vec::new();
-        // The rows move into the statements' values: chunked by size, not copied.
-        let sizes: Vec<usize> = statement_chunks(&rows, self.conn.rows_per_statement())
-            .map(<[_]>::len)
+        let values = rows
+            .into_iter()
+            .flat_map(|(m, json)| [Val::Str(m.as_str()), Val::Text(json)])
             .collect();
-        let mut rows = rows.into_iter();
-        for size in sizes {
-            let sql = format!(
-                "INSERT INTO member_usage (member_id, usage) VALUES {} \
-                 ON CONFLICT (member_id) DO UPDATE SET usage = excluded.usage",
-                Params::new(self.backend).values(size, 2)
-            );
-            let values = rows
-                .by_ref()
-                .take(size)
-                .flat_map(|(m, json)| [Val::Str(m.as_str()), Val::Text(json)])
-                .collect();
-            statements.push((sql, values));
-        }
+        let mut statements = row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            "INSERT INTO member_usage (member_id, usage)",
+            &[Column::Text, Column::Text],
+            " ON CONFLICT (member_id) DO UPDATE SET usage = excluded.usage",
+            values,
+        )?;
         let mut deltas = BTreeMap::new();
         for (key, (paid, claims)) in totals {
             let paid = fen(paid, "product_total_shards")?;
@@ -1044,62 +1110,59 @@ impl Writer {
                 },
             );
         }
-        statements.extend(self.totals_statements(&deltas));
+        statements.extend(self.totals_statements(&deltas)?);
         Ok((statements, deltas))
-    }
-
-    /// A multi-row insert of `rows` rows into `table` that, where a row with the same `keys` exists,
-    /// adds the `added` columns to it instead: how every running figure changes.
-    fn upsert_adding(&self, table: &str, keys: &[&str], added: &[&str], rows: usize) -> String {
-        let sets: Vec<String> = added
-            .iter()
-            .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
-            .collect();
-        format!(
-            "INSERT INTO {table} ({}, {}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
-            keys.join(", "),
-            added.join(", "),
-            Params::new(self.backend).values(rows, keys.len() + added.len()),
-            keys.join(", "),
-            sets.join(", ")
-        )
     }
 
     /// Adds to this writer's shard of the running figures of each period, in ascending period
     /// order (so two writers that share a shard lock its rows in the same order).
     pub async fn add_to_totals(&mut self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<()> {
-        let statements = self.totals_statements(deltas);
+        let statements = self.totals_statements(deltas)?;
         self.conn.script(statements, |_, _| Ok(())).await?;
         self.totals_added(deltas);
         Ok(())
     }
 
-    /// The statements of [`Writer::add_to_totals`].
-    fn totals_statements(&self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Vec<Statement<'static>> {
-        let mut statements = Vec::new();
-        let rows: Vec<(&PeriodKey, &TotalsDelta)> = deltas.iter().collect();
-        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
-            let sql = self.upsert_adding(
-                "product_total_shards",
-                &["product_code", "period_start", "shard"],
-                &["written_premium_fen", "enrolled_members", "paid_fen", "paid_claims"],
-                chunk.len(),
-            );
-            let mut values = Vec::with_capacity(chunk.len() * 7);
-            for (key, d) in chunk {
-                values.extend([
-                    Val::Text(key.product.as_str().to_owned()),
-                    Val::Text(format_date(key.start)),
-                    Val::Int(self.shard),
-                    Val::Int(d.written_premium_fen),
-                    Val::Int(d.enrolled_members),
-                    Val::Int(d.paid_fen),
-                    Val::Int(d.paid_claims),
-                ]);
-            }
-            statements.push((sql, values));
+    /// The statements of [`Writer::add_to_totals`]: where the shard's row of a period exists, the
+    /// changes are added to it.
+    fn totals_statements(&self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<Vec<Statement<'static>>> {
+        let mut values = Vec::with_capacity(deltas.len() * 7);
+        for (key, d) in deltas {
+            values.extend([
+                Val::Text(key.product.as_str().to_owned()),
+                Val::Text(format_date(key.start)),
+                Val::Int(self.shard),
+                Val::Int(d.written_premium_fen),
+                Val::Int(d.enrolled_members),
+                Val::Int(d.paid_fen),
+                Val::Int(d.paid_claims),
+            ]);
         }
-        statements
+        let t = "product_total_shards";
+        let added = ["written_premium_fen", "enrolled_members", "paid_fen", "paid_claims"];
+        let sets: Vec<String> = added.iter().map(|c| format!("{c} = {t}.{c} + excluded.{c}")).collect();
+        row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            &format!(
+                "INSERT INTO {t} (product_code, period_start, shard, {})",
+                added.join(", ")
+            ),
+            &[
+                Column::Text,
+                Column::Text,
+                Column::Int,
+                Column::Int,
+                Column::Int,
+                Column::Int,
+                Column::Int,
+            ],
+            &format!(
+                " ON CONFLICT (product_code, period_start, shard) DO UPDATE SET {}",
+                sets.join(", ")
+            ),
+            values,
+        )
     }
 
     /// The totals' changes `deltas` were written: the cache holds them too.
@@ -1332,16 +1395,16 @@ async fn load_members(
 /// The statement of [`load_members`] for one chunk of ids; its rows read with [`member_row`].
 fn members_statement<'a>(backend: Backend, ids: &[&'a MemberId]) -> Statement<'a> {
     let agg = backend.string_agg();
+    let (condition, values) = one_of(backend, "m.member_id", ids.iter().map(|id| id.as_str()));
     let sql = format!(
         "SELECT m.member_id AS member_id, \
          COALESCE((SELECT {agg}(c.effective_date || '=' || c.category, ',') FROM member_categories c \
                    WHERE c.member_id = m.member_id), '') AS categories, \
          COALESCE((SELECT {agg}(e.product_code || '@' || e.period_start || '=' || CAST(e.premium_fen AS TEXT), ',') \
                    FROM enrollments e WHERE e.member_id = m.member_id), '') AS enrollments \
-         FROM members m WHERE m.member_id IN ({})",
-        Params::new(backend).list(ids.len())
+         FROM members m WHERE {condition}"
     );
-    (sql, ids.iter().map(|id| Val::Str(id.as_str())).collect())
+    (sql, values)
 }
 
 fn member_row(r: &dyn Cols) -> Result<Member> {
@@ -1361,8 +1424,8 @@ fn claims_statement<'a>(backend: Backend, keys: &[(&'a str, &'a str)]) -> Statem
              JOIN settlements s ON s.hospital_id = k.h AND s.claim_id = k.c"
                 .into(),
             vec![
-                Val::Text(text_array(keys.iter().map(|(h, _)| *h))),
-                Val::Text(text_array(keys.iter().map(|(_, c)| *c))),
+                Val::Array(keys.iter().map(|(h, _)| Val::Str(h)).collect()),
+                Val::Array(keys.iter().map(|(_, c)| Val::Str(c)).collect()),
             ],
         );
     }
@@ -1384,27 +1447,6 @@ fn claim_row(r: &dyn Cols) -> Result<StoredClaim> {
         (r.text("hospital_id")?, r.text("claim_id")?),
         (r.int("seq")?, r.text("claim_json")?),
     ))
-}
-
-/// A PostgreSQL array of text (`{"a","b"}`), each element quoted, `"` and `\` escaped, so that no
-/// element reads as `NULL` or splits.
-fn text_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let mut text = String::from("{");
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push('"');
-        for ch in item.chars() {
-            if matches!(ch, '"' | '\\') {
-                text.push('\\');
-            }
-            text.push(ch);
-        }
-        text.push('"');
-    }
-    text.push('}');
-    text
 }
 
 /// A member from the folded columns of [`load_members`].
@@ -1483,11 +1525,25 @@ async fn load_usage(db: &mut impl Db, backend: Backend, members: &[&MemberId]) -
 }
 
 fn usage_statement<'a>(backend: Backend, members: &[&'a MemberId]) -> Statement<'a> {
-    let sql = format!(
-        "SELECT member_id, usage FROM member_usage WHERE member_id IN ({})",
-        Params::new(backend).list(members.len())
-    );
-    (sql, members.iter().map(|m| Val::Str(m.as_str())).collect())
+    let (condition, values) = one_of(backend, "member_id", members.iter().map(|m| m.as_str()));
+    (
+        format!("SELECT member_id, usage FROM member_usage WHERE {condition}"),
+        values,
+    )
+}
+
+/// The condition that `column` is one of `items`, and its values: `IN (?, ?, ...)` on SQLite; on
+/// PostgreSQL `= ANY` of one array, one literal to parse and one statement text for any number of
+/// items.
+fn one_of<'a>(backend: Backend, column: &str, items: impl ExactSizeIterator<Item = &'a str>) -> (String, Vec<Val<'a>>) {
+    if backend == Backend::Postgres {
+        return (
+            format!("{column} = ANY(CAST($1 AS TEXT[]))"),
+            vec![Val::Array(items.map(Val::Str).collect())],
+        );
+    }
+    let condition = format!("{column} IN ({})", Params::new(backend).list(items.len()));
+    (condition, items.map(Val::Str).collect())
 }
 
 type MemberUsage = (MemberId, Vec<(PeriodKey, BenefitCode, BenefitUsage)>);
@@ -1667,16 +1723,90 @@ pub(crate) fn layers_from_json(text: &str) -> Result<Vec<LayerResult>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{statement_chunks, text_array};
+    use super::{row_statements, statement_chunks, Backend, Column, Val};
     use proptest::prelude::*;
 
+    /// Rows of (text, number) for [`row_statements`].
+    fn pairs(n: usize) -> Vec<Val<'static>> {
+        (0..n)
+            .flat_map(|i| [Val::Text(format!("m\"{i}")), Val::Int(i as i64)])
+            .collect()
+    }
+
     #[test]
-    fn text_arrays_quote_every_element() {
-        assert_eq!(text_array(std::iter::empty()), "{}");
+    fn postgresql_writes_any_number_of_rows_in_one_statement_of_arrays() {
+        let columns = [Column::Text, Column::Int];
+        let statements = row_statements(
+            Backend::Postgres,
+            2,
+            "INSERT INTO t (a, b)",
+            &columns,
+            " RETURNING a",
+            pairs(3),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let [(sql, values)] = statements.as_slice() else {
+            panic!("one statement expected: {statements:?}");
+        };
         assert_eq!(
-            text_array(["H1", "NULL", "a,b", r#"q"uote"#, r"back\slash"].into_iter()),
-            r#"{"H1","NULL","a,b","q\"uote","back\\slash"}"#
+            sql,
+            "INSERT INTO t (a, b) SELECT * FROM unnest(CAST($1 AS TEXT[]), CAST($2 AS BIGINT[])) RETURNING a"
         );
+        assert_eq!(
+            values,
+            &[
+                Val::Array((0..3).map(|i| Val::Text(format!("m\"{i}"))).collect()),
+                Val::Array((0..3).map(Val::Int).collect())
+            ]
+        );
+        // The same text for any number of rows: it stays prepared.
+        let more = row_statements(
+            Backend::Postgres,
+            2,
+            "INSERT INTO t (a, b)",
+            &columns,
+            " RETURNING a",
+            pairs(7),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(more.len(), 1);
+        assert_eq!(&more[0].0, sql);
+    }
+
+    #[test]
+    fn sqlite_writes_rows_as_values_in_chunks() {
+        let columns = [Column::Text, Column::Int];
+        let statements = row_statements(
+            Backend::Sqlite,
+            2,
+            "INSERT INTO t (a, b)",
+            &columns,
+            " RETURNING a",
+            pairs(3),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sqls: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
+        assert_eq!(
+            sqls,
+            [
+                "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) RETURNING a",
+                "INSERT INTO t (a, b) VALUES (?, ?) RETURNING a"
+            ]
+        );
+        let values: Vec<&Val<'_>> = statements.iter().flat_map(|(_, v)| v).collect();
+        assert_eq!(values, pairs(3).iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn no_rows_make_no_statement_and_a_short_row_is_refused() {
+        let columns = [Column::Text, Column::Int];
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let none = row_statements(backend, 2, "INSERT INTO t (a, b)", &columns, "", Vec::new());
+            assert!(none.is_ok_and(|s| s.is_empty()));
+            let mut short = pairs(2);
+            short.pop();
+            assert!(row_statements(backend, 2, "INSERT INTO t (a, b)", &columns, "", short).is_err());
+        }
     }
 
     proptest! {
