@@ -153,6 +153,8 @@ pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
             if texts().any(|t| memchr::memchr(0, t.as_bytes()).is_some()) {
                 return Err(nul());
             }
+            // The literal ends in `}`, so no end of a text can make the tag with it; and escaping
+            // (a `\` before `"` and `\`) cannot make one that the texts do not hold.
             let tag = dollar_tag(|tag| texts().any(|t| memchr::memmem::find(t.as_bytes(), tag.as_bytes()).is_some()));
             out.push_str(&tag);
             array_into(out, items);
@@ -238,12 +240,26 @@ fn dollar_quote_into(out: &mut String, text: &str) -> Result<()> {
     if memchr::memchr(0, text.as_bytes()).is_some() {
         return Err(nul());
     }
-    let tag = dollar_tag(|tag| memchr::memmem::find(text.as_bytes(), tag.as_bytes()).is_some());
+    let tag = dollar_tag(|tag| !closes(text.as_bytes(), tag.as_bytes()));
     out.reserve(text.len() + 2 * tag.len());
     out.push_str(&tag);
     out.push_str(text);
     out.push_str(&tag);
     Ok(())
+}
+
+/// Whether `tag` closes a dollar-quoted `text` where the text ends: the text holds no `tag`, and
+/// no end of it makes one with the tag's start (`...$q` then `$q$` reads as `$q$` and `q$`).
+fn closes(text: &[u8], tag: &[u8]) -> bool {
+    if memchr::memmem::find(text, tag).is_some() {
+        return false;
+    }
+    let tail = text
+        .get(text.len().saturating_sub(tag.len().saturating_sub(1))..)
+        .unwrap_or(text);
+    let mut joined = tail.to_vec();
+    joined.extend_from_slice(tag);
+    memchr::memmem::find(&joined, tag) == Some(tail.len())
 }
 
 /// The tag of a dollar-quoted string: `$q$`, else `$q1$`, `$q2$`, ..., the first that the quoted
@@ -1005,6 +1021,9 @@ mod tests {
             literal(Val::Str(r#"{"a\"b"}"#)).ok().as_deref(),
             Some(r#"$q${"a\"b"}$q$"#)
         );
+        // `\$q` then `$q$` would close at `\$q$`: found by the read-back test below.
+        assert_eq!(literal(Val::Str(r"\$q")).ok().as_deref(), Some(r"$q1$\$q$q1$"));
+        assert_eq!(literal(Val::Str(r"\$")).ok().as_deref(), Some(r"$q$\$$q$"));
         assert_eq!(literal(Val::Text("医保".into())).ok().as_deref(), Some("E'医保'"));
         assert!(matches!(literal(Val::Str("a\0b")), Err(StoreError::Statement(_))));
         assert!(matches!(literal(Val::Str("a\\\0b")), Err(StoreError::Statement(_))));
