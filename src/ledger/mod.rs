@@ -616,7 +616,8 @@ impl WriterTask {
                         replies.push(reply);
                     }
                     let catalogue = effects.catalogue.as_ref().unwrap_or(&shared);
-                    let results = settle_run(&mut self.writer, &claims, canonical, catalogue, touched).await?;
+                    let last = commands.peek().is_none();
+                    let results = settle_run(&mut self.writer, &claims, canonical, catalogue, touched, last).await?;
                     for (reply, result) in replies.into_iter().zip(results) {
                         answers.push((reply, result.map(Response::Settled)));
                     }
@@ -665,13 +666,17 @@ impl WriterTask {
 
 /// Settles a run of consecutive claims of one batch: loads what they need in three queries, settles
 /// them one after another in memory (each sees the changes of those before it), and appends them in
-/// a few multi-row statements. The result is exactly that of settling them one at a time.
+/// a few multi-row statements. The result is exactly that of settling them one at a time. `last`:
+/// nothing of the batch follows the run, so the store may commit with its writes
+/// ([`Writer::insert_settlements`]); what the run reads after them (replays' stored settlements,
+/// which never change) it may read after the commit.
 async fn settle_run(
     w: &mut Writer,
     claims: &[Claim],
     canonical: Vec<String>,
     catalogue: &Catalogue,
     touched: &mut BTreeSet<PeriodKey>,
+    last: bool,
 ) -> Result<Vec<Result<Settled, LedgerError>>, StoreError> {
     let keys: Vec<(&str, &str)> = claims
         .iter()
@@ -755,7 +760,7 @@ async fn settle_run(
             _ => None,
         })
         .collect();
-    let seqs = w.insert_settlements(&new_rows).await?;
+    let seqs = w.insert_settlements(&new_rows, last).await?;
     drop(new_rows);
 
     let mut seq_of: HashMap<usize, i64> = HashMap::new();

@@ -434,6 +434,7 @@ impl Store {
             cache: cache::WriterCache::new(lasting),
             prefetched_claims: None,
             totals_fresh: false,
+            committed: false,
         })
     }
 
@@ -554,6 +555,9 @@ pub struct Writer {
     /// The period totals held were read by [`Writer::begin_prefetching`] after their locks: the
     /// next [`Writer::accumulators`] need not read them again.
     totals_fresh: bool,
+    /// The transaction was committed with its last writes, in their message
+    /// ([`Writer::insert_settlements`]): [`Writer::commit`] has nothing left to do.
+    committed: bool,
 }
 
 struct PrefetchedClaims {
@@ -689,6 +693,7 @@ impl Writer {
         self.exclusive = mode == TxMode::Exclusive;
         self.prefetched_claims = None;
         self.totals_fresh = false;
+        self.committed = false;
     }
 
     async fn begin_sqlite(&mut self, mode: TxMode) -> Result<Option<i64>> {
@@ -857,6 +862,9 @@ impl Writer {
     /// durable: nothing of it may be acknowledged before a [`WalSync::sync`] of
     /// [`Writer::wal_sync`] that began after it returns `Ok`. On PostgreSQL it is durable.
     pub async fn commit(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.committed) {
+            return Ok(());
+        }
         if let Err(e) = self.conn.run("COMMIT", Vec::new()).await {
             self.cache.rolled_back();
             return Err(e);
@@ -874,6 +882,7 @@ impl Writer {
     }
 
     pub async fn rollback(&mut self) -> Result<()> {
+        self.committed = false;
         self.cache.rolled_back();
         self.conn.run("ROLLBACK", Vec::new()).await?;
         Ok(())
@@ -968,7 +977,12 @@ impl Writer {
 
     /// Appends settlements (their layers in the same row), and adds their changes to the accumulators and the
     /// loss-ratio totals, in a few statements for the lot. Returns the sequence numbers, in order.
-    pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>]) -> Result<Vec<i64>> {
+    ///
+    /// With `then_commit`, these are the transaction's last writes: PostgreSQL commits it in the
+    /// same message, one round trip less a batch, and [`Writer::commit`] then has nothing left to
+    /// do. Should a statement fail, PostgreSQL runs none after it, `COMMIT` included, and the
+    /// caller rolls back as after any failure. SQLite commits in [`Writer::commit`] as always.
+    pub async fn insert_settlements(&mut self, rows: &[NewSettlement<'_>], then_commit: bool) -> Result<Vec<i64>> {
         self.prefetched_claims = None;
         let settlements: Vec<&Settlement> = rows.iter().map(|r| r.settlement).collect();
         // Read first (where not held): the usage of the members whose rows the figures rewrite.
@@ -1004,6 +1018,10 @@ impl Writer {
         )?;
         let inserts = statements.len();
         statements.extend(figures);
+        let commit_here = then_commit && self.backend == Backend::Postgres;
+        if commit_here {
+            statements.push(("COMMIT".into(), Vec::new()));
+        }
         let mut seqs: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
         // One round trip on PostgreSQL: the settlements, the members' usage and the totals.
         self.conn
@@ -1014,6 +1032,7 @@ impl Writer {
                 Ok(())
             })
             .await?;
+        self.committed = commit_here;
         self.totals_added(&deltas);
         let mut ordered = Vec::with_capacity(rows.len());
         for r in rows {
