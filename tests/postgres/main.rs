@@ -598,3 +598,57 @@ async fn abandoned_exports_give_their_connections_back() {
     assert_eq!(listed.totals.expect("totals").count, 1_500);
     app.stop().await;
 }
+
+/// A batch of claims commits in the same message as its writes (`Writer::insert_settlements`).
+/// Should one of those writes fail after another succeeded, PostgreSQL runs nothing after it,
+/// `COMMIT` included: the claim is answered UNAVAILABLE and nothing of it is stored, not even its
+/// settlement row, written before the failure. Here a trigger refuses one member's usage row (the
+/// statement after the settlements' insert); once it is gone, the same claim settles once.
+#[tokio::test]
+async fn a_write_that_fails_in_the_committing_message_stores_nothing() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    let mut db = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let members = enroll_in_medical_assistance(&app, "F", 2).await;
+    let claims = outpatient_claims("HF", "F", &members, 0..2);
+    let mut client = app.settlements().await;
+    client.settle_one(claims[1].clone()).await.expect("F0001's claim");
+    for sql in [
+        "CREATE FUNCTION refuse_usage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.member_id = 'F0000' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_usage BEFORE INSERT OR UPDATE ON member_usage \
+         FOR EACH ROW EXECUTE FUNCTION refuse_usage()",
+    ] {
+        sqlx::query(sql).execute(&mut db).await.expect(sql);
+    }
+    let before = stored_counts(&mut db).await;
+    assert_eq!(before.0, 1);
+
+    let refused = client.settle_one(claims[0].clone()).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(stored_counts(&mut db).await, before, "a refused batch left rows behind");
+
+    sqlx::query("DROP TRIGGER refuse_usage ON member_usage")
+        .execute(&mut db)
+        .await
+        .expect("drop trigger");
+    let reply = client
+        .settle_one(claims[0].clone())
+        .await
+        .expect("settled")
+        .into_inner();
+    assert!(!reply.replay, "the refused claim had been stored");
+    assert_eq!(stored_counts(&mut db).await, (2, before.1 + 1));
+    app.stop().await;
+}
+
+/// The settlements stored and the claims counted in the running totals.
+async fn stored_counts(db: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as::<_, (i64, i64)>(
+        "SELECT (SELECT COUNT(*) FROM settlements), \
+         (SELECT CAST(COALESCE(SUM(paid_claims), 0) AS BIGINT) FROM product_total_shards)",
+    )
+    .fetch_one(db)
+    .await
+    .expect("counts")
+}
