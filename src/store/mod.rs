@@ -1745,7 +1745,7 @@ pub(crate) fn layers_from_json(text: &str) -> Result<Vec<LayerResult>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{one_of, row_statements, statement_chunks, Backend, Column, Val};
+    use super::{one_of, row_statements, statement_chunks, Backend, Column, Statement, Val};
     use proptest::prelude::*;
 
     /// Rows of (text, number) for [`row_statements`].
@@ -1776,18 +1776,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn postgresql_writes_any_number_of_rows_in_one_statement_of_arrays() {
+    /// [`row_statements`] of `rows` (text, number) rows into `t`, two rows a statement at most.
+    fn statements_of(backend: Backend, rows: usize) -> Vec<Statement<'static>> {
         let columns = [Column::Text, Column::Int];
-        let statements = row_statements(
-            Backend::Postgres,
+        row_statements(
+            backend,
             2,
             "INSERT INTO t (a, b)",
             &columns,
             " RETURNING a",
-            pairs(3),
+            pairs(rows),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn postgresql_writes_any_number_of_rows_in_one_statement_of_arrays() {
+        let statements = statements_of(Backend::Postgres, 3);
         let [(sql, values)] = statements.as_slice() else {
             panic!("one statement expected: {statements:?}");
         };
@@ -1803,31 +1808,14 @@ mod tests {
             ]
         );
         // The same text for any number of rows: it stays prepared.
-        let more = row_statements(
-            Backend::Postgres,
-            2,
-            "INSERT INTO t (a, b)",
-            &columns,
-            " RETURNING a",
-            pairs(7),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let more = statements_of(Backend::Postgres, 7);
         assert_eq!(more.len(), 1);
         assert_eq!(&more[0].0, sql);
     }
 
     #[test]
     fn sqlite_writes_rows_as_values_in_chunks() {
-        let columns = [Column::Text, Column::Int];
-        let statements = row_statements(
-            Backend::Sqlite,
-            2,
-            "INSERT INTO t (a, b)",
-            &columns,
-            " RETURNING a",
-            pairs(3),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let statements = statements_of(Backend::Sqlite, 3);
         let sqls: Vec<&str> = statements.iter().map(|(sql, _)| sql.as_str()).collect();
         assert_eq!(
             sqls,
