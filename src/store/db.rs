@@ -153,6 +153,9 @@ pub(crate) fn literal_into(out: &mut String, value: &Val<'_>) -> Result<()> {
             if texts().any(|t| memchr::memchr(0, t.as_bytes()).is_some()) {
                 return Err(nul());
             }
+            if items.iter().any(|v| matches!(v, Val::Array(_))) {
+                return Err(StoreError::Statement("an array holds an array".into()));
+            }
             // The literal ends in `}`, so no end of a text can make the tag with it; and escaping
             // (a `\` before `"` and `\`) cannot make one that the texts do not hold.
             let tag = dollar_tag(|tag| texts().any(|t| memchr::memmem::find(t.as_bytes(), tag.as_bytes()).is_some()));
@@ -1170,5 +1173,6 @@ mod tests {
             })
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(literal(Val::Array(vec![Val::Int(1), Val::Str("a\0b")])).is_err());
+        assert!(literal(Val::Array(vec![Val::Array(vec![Val::Str("$q$")])])).is_err());
     }
 }
