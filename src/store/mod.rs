@@ -1219,30 +1219,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Adds the members not stored yet; one statement per chunk. The writer's cache holds those it
+    /// Adds the members not stored yet ([`row_statements`]). The writer's cache holds those it
     /// adds (with nothing enrolled and no usage, as stored), so that their first claims need not
     /// read them.
     pub async fn ensure_members(&mut self, ids: &[&MemberId], now: &str) -> Result<()> {
-        for chunk in statement_chunks(ids, self.conn.rows_per_statement()) {
-            let sql = format!(
-                "INSERT INTO members (member_id, created_at) VALUES {} ON CONFLICT (member_id) DO NOTHING \
-                 RETURNING member_id",
-                Params::new(self.backend).values(chunk.len(), 2)
-            );
-            let values = chunk
-                .iter()
-                .flat_map(|id| [Val::Str(id.as_str()), Val::Str(now)])
-                .collect();
-            // The ids returned are among those sent: the chunk's own, already parsed, are kept.
-            let added: BTreeSet<String> = self
-                .conn
-                .rows(&sql, values, |r| r.text("member_id"))
-                .await?
-                .into_iter()
-                .collect();
-            self.cache
-                .keep_new_members(chunk.iter().copied().filter(|id| added.contains(id.as_str())));
+        let values = ids
+            .iter()
+            .flat_map(|id| [Val::Str(id.as_str()), Val::Str(now)])
+            .collect();
+        let statements = row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            "INSERT INTO members (member_id, created_at)",
+            &[Column::Text, Column::Text],
+            " ON CONFLICT (member_id) DO NOTHING RETURNING member_id",
+            values,
+        )?;
+        let mut added = BTreeSet::new();
+        for (sql, values) in statements {
+            added.extend(self.conn.rows(&sql, values, |r| r.text("member_id")).await?);
         }
+        // The ids returned are among those sent: the caller's own, already parsed, are kept.
+        self.cache
+            .keep_new_members(ids.iter().copied().filter(|id| added.contains(id.as_str())));
         Ok(())
     }
 
@@ -1252,29 +1251,30 @@ impl Writer {
     }
 
     /// Sets members' categories from the given dates on (replacing one set before for the same
-    /// date); one statement per chunk. The keys are distinct, as a statement may change a row
-    /// only once.
+    /// date; [`row_statements`]). The keys are distinct, as a statement may change a row only once.
     pub async fn set_categories(&mut self, categories: &BTreeMap<(&MemberId, Date), Category>) -> Result<()> {
         for ((member, date), category) in categories {
             self.cache.set_category(member, *date, *category);
         }
-        let rows: Vec<_> = categories.iter().collect();
-        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
-            let sql = format!(
-                "INSERT INTO member_categories (member_id, effective_date, category) VALUES {} \
-                 ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
-                Params::new(self.backend).values(chunk.len(), 3)
-            );
-            let values = chunk
-                .iter()
-                .flat_map(|((member, date), category)| {
-                    [
-                        Val::Str(member.as_str()),
-                        Val::Text(format_date(*date)),
-                        Val::Str(category.as_str()),
-                    ]
-                })
-                .collect();
+        let values = categories
+            .iter()
+            .flat_map(|((member, date), category)| {
+                [
+                    Val::Str(member.as_str()),
+                    Val::Text(format_date(*date)),
+                    Val::Str(category.as_str()),
+                ]
+            })
+            .collect();
+        let statements = row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            "INSERT INTO member_categories (member_id, effective_date, category)",
+            &[Column::Text, Column::Text, Column::Text],
+            " ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
+            values,
+        )?;
+        for (sql, values) in statements {
             self.conn.run(&sql, values).await?;
         }
         Ok(())
@@ -1331,31 +1331,33 @@ impl Writer {
         Ok(found)
     }
 
-    /// Stores enrollments with their premiums (fen), replacing the premium of one that exists; one
-    /// statement per chunk. The caller works out what they change of the running figures
+    /// Stores enrollments with their premiums (fen), replacing the premium of one that exists
+    /// ([`row_statements`]). The caller works out what they change of the running figures
     /// ([`Writer::enrollment_premiums`], [`Writer::add_to_totals`]).
     pub async fn upsert_enrollments(&mut self, enrollments: &BTreeMap<(&MemberId, &PeriodKey), i64>) -> Result<()> {
         for ((member, key), premium) in enrollments {
             self.cache.set_enrollment(member, key, *premium);
         }
-        let rows: Vec<_> = enrollments.iter().collect();
-        for chunk in statement_chunks(&rows, self.conn.rows_per_statement()) {
-            let sql = format!(
-                "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen) VALUES {} \
-                 ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
-                Params::new(self.backend).values(chunk.len(), 4)
-            );
-            let values = chunk
-                .iter()
-                .flat_map(|((member, key), premium)| {
-                    [
-                        Val::Str(member.as_str()),
-                        Val::Str(key.product.as_str()),
-                        Val::Text(format_date(key.start)),
-                        Val::Int(**premium),
-                    ]
-                })
-                .collect();
+        let values = enrollments
+            .iter()
+            .flat_map(|((member, key), premium)| {
+                [
+                    Val::Str(member.as_str()),
+                    Val::Str(key.product.as_str()),
+                    Val::Text(format_date(key.start)),
+                    Val::Int(*premium),
+                ]
+            })
+            .collect();
+        let statements = row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen)",
+            &[Column::Text, Column::Text, Column::Text, Column::Int],
+            " ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
+            values,
+        )?;
+        for (sql, values) in statements {
             self.conn.run(&sql, values).await?;
         }
         Ok(())
