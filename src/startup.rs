@@ -22,7 +22,7 @@ use crate::proto::member_service_server::MemberServiceServer;
 use crate::proto::report_service_server::ReportServiceServer;
 use crate::proto::settlement_service_server::SettlementServiceServer;
 use crate::proto::terms_service_server::TermsServiceServer;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WalPreallocate};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -44,6 +44,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Also serve `claims.v1.BenchService` (echo baselines and process figures for `claimsctl bench`).
     pub bench: bool,
+    /// SQLite: how far the writer fills its WAL file with zeros as it opens.
+    pub wal_preallocate: WalPreallocate,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(10),
             metrics_listen: None,
             bench: false,
+            wal_preallocate: WalPreallocate::default(),
         }
     }
 }
@@ -93,7 +96,9 @@ impl Application {
     /// Connects and migrates the database, starts the ledger, applies the terms directory and binds
     /// the listener.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        let store = Store::connect(&settings.database_url, settings.db_connections_max).await?;
+        let store = Store::connect(&settings.database_url, settings.db_connections_max)
+            .await?
+            .with_wal_preallocate(settings.wal_preallocate);
         let (ledger, writer) = Ledger::start(store, settings.ledger).await?;
         if let Some(dir) = &settings.terms_dir {
             apply_terms_dir(&ledger, dir).await?;

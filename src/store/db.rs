@@ -358,7 +358,7 @@ impl Lite {
     /// checkpoint still syncs the WAL before it copies frames into the database file, and the
     /// database file before the WAL may start over: the checkpointer's connection is `FULL`, and
     /// so is this one whenever it checkpoints itself ([`Lite::before_transaction`], and on close).
-    pub(crate) fn open(path: &Path) -> Result<Lite> {
+    pub(crate) fn open(path: &Path, wal_preallocate: WalPreallocate) -> Result<Lite> {
         // Through the shim of crates/walbuf: a commit's WAL frames reach the file in a few writes
         // instead of two per page (a fifth of the writer's time, docs/benchmarks.md), before the
         // commit's sync as without it.
@@ -386,7 +386,9 @@ impl Lite {
         // descriptor is this connection's WAL file, whatever happens to the path later.
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        let wal = WalSync::open(PathBuf::from(wal)).map_err(StoreError::Wal)?;
+        let wal = PathBuf::from(wal);
+        preallocate_wal(&conn, &wal, wal_preallocate)?;
+        let wal = WalSync::open(wal).map_err(StoreError::Wal)?;
         Ok(Lite {
             conn,
             wal,
@@ -448,6 +450,82 @@ impl Drop for Lite {
             tracing::error!(error = %e, "could not make the writer's closing checkpoint sync");
         }
     }
+}
+
+/// How far the SQLite writer fills its WAL file with zeros as it opens: commits then write over
+/// blocks the file already has instead of appending, and a commit's `fdatasync` has no new blocks
+/// to allocate and no file size to write (about a tenth of the writer's time at one caller, and
+/// 14% more calls a second there: docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalPreallocate {
+    /// As far as the WAL reaches before it starts over from its beginning
+    /// ([`WAL_FRAMES_RESTART`] frames of the database's pages): about 258 MiB with 4 KiB pages.
+    #[default]
+    UntilRestart,
+    /// This many bytes (0: none).
+    Bytes(u64),
+}
+
+/// The bytes a WAL takes for `frames` frames of `page_size`-byte pages: its 32-byte header, then
+/// per frame a 24-byte header and the page.
+fn wal_bytes(frames: i64, page_size: i64) -> u64 {
+    u64::try_from(32 + frames.saturating_mul(page_size.saturating_add(24))).unwrap_or(0)
+}
+
+/// Extends the writer's WAL file at `wal` with zeros to `size`'s length and syncs them, holding
+/// the database's write lock meanwhile (`BEGIN IMMEDIATE`), so that no connection, of this process
+/// or another, writes frames into it at the same time. Only bytes past the file's end are written:
+/// whatever the file holds (frames not yet copied into the database, which a recovery after a
+/// crash reads) is left as it is. SQLite reads a WAL only as far as its frames carry the salt of
+/// its header and a checksum chained from the frame before, which zeros never do, so they are
+/// never read as frames, here or by a recovery.
+fn preallocate_wal(conn: &rusqlite::Connection, wal: &Path, size: WalPreallocate) -> Result<()> {
+    let bytes = match size {
+        WalPreallocate::Bytes(bytes) => bytes,
+        WalPreallocate::UntilRestart => {
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            wal_bytes(WAL_FRAMES_RESTART, page_size)
+        }
+    };
+    if bytes == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let written = extend_with_zeros(wal, bytes);
+    let ended = conn.execute_batch("ROLLBACK");
+    let written = written.map_err(StoreError::Wal)?;
+    ended?;
+    if written > 0 {
+        tracing::debug!(
+            written,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "WAL filled with zeros ahead of its frames"
+        );
+    }
+    Ok(())
+}
+
+/// Writes zeros from the end of the file at `path` up to `size` bytes, then syncs them. Returns the
+/// bytes written (none when the file is that long already).
+fn extend_with_zeros(path: &Path, size: u64) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const CHUNK: usize = 1 << 20;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let start = file.metadata()?.len();
+    if start >= size {
+        return Ok(0);
+    }
+    file.seek(SeekFrom::Start(start))?;
+    let zeros = vec![0u8; CHUNK];
+    let mut left = size - start;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(CHUNK, |left| left.min(CHUNK));
+        file.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    file.sync_data()?;
+    Ok(size - start)
 }
 
 /// Syncs a writer's WAL file: every commit that returned before [`WalSync::sync`] began is durable
@@ -900,7 +978,7 @@ mod tests {
     fn the_writer_commits_unsynced_and_checkpoints_back_to_unsynced() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("claims.db");
-        let mut lite = Lite::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut lite = Lite::open(&path, WalPreallocate::Bytes(0)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(synchronous(&lite), 0, "OFF");
         lite.conn
             .execute_batch("CREATE TABLE t (v INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT;")
@@ -923,6 +1001,104 @@ mod tests {
         assert!(!lite.restart_wanted.load(Ordering::Relaxed));
     }
 
+    fn wal_len(db: &Path) -> u64 {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(PathBuf::from(wal))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len()
+    }
+
+    /// The rows of `t` that a copy of the database file and its WAL (what a crash would leave on
+    /// disk, since every commit here is in the file when it returns) holds once SQLite recovers it.
+    fn rows_after_a_crash(db: &Path, scratch: &Path) -> i64 {
+        let copy = scratch.join("crashed.db");
+        for suffix in ["", "-wal"] {
+            let mut from = db.as_os_str().to_owned();
+            from.push(suffix);
+            let mut to = copy.as_os_str().to_owned();
+            to.push(suffix);
+            std::fs::copy(PathBuf::from(from), PathBuf::from(to)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let conn = rusqlite::Connection::open(&copy).unwrap_or_else(|e| panic!("{e}"));
+        count(&conn)
+    }
+
+    /// The writer's WAL is filled with zeros to the length asked for as it opens; commits write
+    /// over them (the file grows no further), and SQLite's recovery reads every commit and takes
+    /// none of the zeros for a frame.
+    #[test]
+    fn commits_write_over_the_preallocated_wal_and_a_crash_loses_none() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("claims.db");
+        let lite = Lite::open(&path, WalPreallocate::Bytes(4 << 20)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_len(&path), 4 << 20);
+        lite.conn
+            .execute_batch("CREATE TABLE t (v INTEGER)")
+            .unwrap_or_else(|e| panic!("{e}"));
+        for v in 0..50 {
+            lite.conn
+                .execute_batch(&format!("BEGIN IMMEDIATE; INSERT INTO t VALUES ({v}); COMMIT;"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        lite.wal().sync().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_len(&path), 4 << 20, "written over, not extended");
+        assert_eq!(rows_after_a_crash(&path, scratch.path()), 50);
+        // Opened again (as after a restart) on a WAL as long already: nothing is written.
+        drop(lite);
+        let again = Lite::open(&path, WalPreallocate::Bytes(1 << 20)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(count(&again.conn), 50);
+    }
+
+    /// Preallocation holds the write lock: it waits for another connection's write transaction,
+    /// then extends the file past the frames that transaction committed, which a crash keeps.
+    #[test]
+    fn preallocation_waits_for_the_write_lock_and_keeps_the_frames_before_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("claims.db");
+        let other = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        other
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1); \
+                 INSERT INTO t VALUES (2); BEGIN IMMEDIATE; INSERT INTO t VALUES (3);",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let before = wal_len(&path);
+        let opening = {
+            let path = path.clone();
+            std::thread::spawn(move || Lite::open(&path, WalPreallocate::Bytes(8 << 20)))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!opening.is_finished(), "waits for the other connection's transaction");
+        assert_eq!(wal_len(&path), before, "nothing written meanwhile");
+        other.execute_batch("COMMIT").unwrap_or_else(|e| panic!("{e}"));
+        let committed = wal_len(&path);
+        assert!(committed > before, "the other connection's commit appended frames");
+        let lite = opening
+            .join()
+            .unwrap_or_else(|_| panic!("the opening thread panicked"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_len(&path), 8 << 20);
+        assert_eq!(rows_after_a_crash(&path, scratch.path()), 3);
+        drop(lite);
+    }
+
+    /// By default the WAL is filled as far as it reaches before it starts over, in the database's
+    /// own page size.
+    #[test]
+    fn by_default_the_wal_is_filled_to_where_it_starts_over() {
+        assert_eq!(wal_bytes(WAL_FRAMES_RESTART, 4096), 270_008_352);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("claims.db");
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute_batch("PRAGMA page_size = 512; CREATE TABLE t (v INTEGER);"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _lite = Lite::open(&path, WalPreallocate::UntilRestart).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wal_len(&path), 32 + 65_536 * (512 + 24));
+    }
+
     fn count(reader: &rusqlite::Connection) -> i64 {
         reader
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
@@ -936,7 +1112,7 @@ mod tests {
     fn reader_connections_are_kept_only_outside_a_transaction() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("claims.db");
-        let mut lite = Lite::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut lite = Lite::open(&path, WalPreallocate::Bytes(0)).unwrap_or_else(|e| panic!("{e}"));
         let insert = |lite: &mut Lite| {
             lite.conn
                 .execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT;")

@@ -33,8 +33,8 @@ use crate::domain::{
 };
 
 pub use cache::Book;
-pub use db::WalSync;
 use db::{Cols, Conn, Db, Lite, LiteReaders, Statement, Val};
+pub use db::{WalPreallocate, WalSync};
 use rows::SettlementPages;
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
 
@@ -99,6 +99,8 @@ pub struct Store {
     /// SQLite: the connections of the short reads ([`Store::member_snapshot`], the loss ratios, a
     /// settlement by its key, the terms).
     readers: Option<Arc<LiteReaders>>,
+    /// How far the SQLite writer fills its WAL with zeros as it opens.
+    wal_preallocate: WalPreallocate,
 }
 
 /// The shard of the next PostgreSQL writer: writers of one process take turns through the shards,
@@ -384,7 +386,15 @@ impl Store {
             backend,
             sqlite_path,
             readers,
+            wal_preallocate: WalPreallocate::default(),
         })
+    }
+
+    /// How far the SQLite writer fills its WAL file with zeros as it opens (by default as far as
+    /// the WAL reaches before it starts over); PostgreSQL ignores it.
+    pub fn with_wal_preallocate(mut self, size: WalPreallocate) -> Store {
+        self.wal_preallocate = size;
+        self
     }
 
     /// Refreshes PostgreSQL's planner statistics of `tables`: PostgreSQL plans the writers'
@@ -418,7 +428,7 @@ impl Store {
     /// A connection for the ledger's writer.
     pub async fn writer(&self) -> Result<Writer> {
         let (conn, shard) = match (&self.sqlite_path, self.backend) {
-            (Some(path), Backend::Sqlite) => (Conn::Lite(Lite::open(path)?), 0),
+            (Some(path), Backend::Sqlite) => (Conn::Lite(Lite::open(path, self.wal_preallocate)?), 0),
             _ => (
                 Conn::Any(self.pool.acquire().await?.detach(), db::Prepared::default()),
                 next_shard(),

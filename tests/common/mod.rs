@@ -20,6 +20,7 @@ use claims::proto::settlement_service_client::SettlementServiceClient;
 use claims::proto::terms_service_client::TermsServiceClient;
 use claims::proto::{self, ClaimRequest, EnrollmentRow, LineItem, UpstreamPayment};
 use claims::startup::{Application, Settings};
+use claims::store::WalPreallocate;
 use sqlx::{AnyConnection, Connection, Executor, PgConnection, Row};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -163,6 +164,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         database_url: String::new(),
         terms_dir: Some(examples_dir().join("terms")),
         drain_timeout: Duration::from_secs(5),
+        // A megabyte rather than the WAL's whole length (about 258 MiB, as `claimsd` itself and
+        // the tests that start it as a process do), for hundreds of servers.
+        wal_preallocate: WalPreallocate::Bytes(1 << 20),
         ..Settings::default()
     };
     adjust(&mut settings);
