@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use claims::api::convert::{category_text, draft_from_request};
 use claims::domain::{AccumulatorView, Category, Claim, Member, MemberId, Money};
-use claims::proto::{ClaimRequest, EnrollmentRow, StoredSettlement};
+use claims::proto::{ClaimRequest, EnrollmentRow, Reason, StoredSettlement};
 use rust_decimal::Decimal;
 use sqlx::Connection;
 
@@ -558,5 +558,36 @@ async fn settlements_after_reversals_and_enrollment_changes_equal_a_replay() {
         requests.len(),
         reversed.len()
     );
+
+    // A preview reads what all members together have been paid in each period, which the
+    // aggregate caps have bound by now: a new claim of each member previews as SettleOne then
+    // settles it.
+    let mut client = app.settlements().await;
+    let mut aggregate_cuts = 0;
+    for i in 0..MEMBERS {
+        let request = random_claim_2024(&mut rng, &format!("END-{i:03}"), &member_id(i), &AMOUNTS);
+        let preview = client
+            .preview(request.clone())
+            .await
+            .expect("previews")
+            .into_inner()
+            .settlement
+            .expect("a preview carries a settlement");
+        aggregate_cuts += preview
+            .layers
+            .iter()
+            .flat_map(|l| &l.reasons)
+            .filter(|r| **r == Reason::CapAggregate as i32)
+            .count();
+        let (settled, replayed) = settle_one(&app, request).await;
+        assert!(!replayed);
+        assert_eq!(
+            *inner(&settled),
+            preview,
+            "{}: SettleOne returns what Preview showed",
+            member_id(i)
+        );
+    }
+    assert!(aggregate_cuts > 0, "no preview was cut by an aggregate cap");
     app.stop().await;
 }
