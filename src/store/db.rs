@@ -781,6 +781,103 @@ impl LiteReaders {
     }
 }
 
+/// PostgreSQL connections of the store's own for its short reads (a member with their usage, the
+/// loss-ratio figures, a settlement by its key, the terms), each read a single statement. sqlx's
+/// pool pings every connection as it goes back (sqlx-core 0.8.6, `return_to_pool`, not
+/// configurable): a round trip after every read, on both sides' CPU, and the connection kept from
+/// the next caller meanwhile. These are pinged only when they sat idle for a while (the server may
+/// have closed them meanwhile), as the pool's are before they are handed out. A connection goes
+/// back only after a read that ran to its end: one whose read failed or was abandoned (the caller
+/// went away) is closed.
+pub(crate) struct PgReaders {
+    options: sqlx::any::AnyConnectOptions,
+    idle: std::sync::Mutex<Vec<(AnyConnection, std::time::Instant)>>,
+    /// At most this many connections at once.
+    permits: tokio::sync::Semaphore,
+    /// How long a connection may sit idle and be used without a ping.
+    ping_idle_after: Duration,
+    /// How long a read waits for a connection.
+    acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgReaders")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection of [`PgReaders`], in use.
+pub(crate) struct PgReader<'a> {
+    conn: AnyConnection,
+    readers: &'a PgReaders,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl PgReaders {
+    pub(crate) fn new(
+        options: sqlx::any::AnyConnectOptions,
+        max: usize,
+        ping_idle_after: Duration,
+        acquire_timeout: Duration,
+    ) -> PgReaders {
+        PgReaders {
+            options,
+            idle: std::sync::Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(max.max(1)),
+            ping_idle_after,
+            acquire_timeout,
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(AnyConnection, std::time::Instant)>> {
+        match self.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// A connection: the one used last (an idle one that answers its ping, if it sat idle long),
+    /// or a new one. Waits for one of the others to come back when all are in use.
+    pub(crate) async fn acquire(&self) -> Result<PgReader<'_>> {
+        let permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        loop {
+            let Some((mut conn, since)) = self.idle().pop() else {
+                use sqlx::ConnectOptions;
+                let conn = self.options.connect().await?;
+                return Ok(PgReader {
+                    conn,
+                    readers: self,
+                    _permit: permit,
+                });
+            };
+            if since.elapsed() < self.ping_idle_after || sqlx::Connection::ping(&mut conn).await.is_ok() {
+                return Ok(PgReader {
+                    conn,
+                    readers: self,
+                    _permit: permit,
+                });
+            }
+        }
+    }
+}
+
+impl PgReader<'_> {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    /// Keeps the connection for the next read, once a read ran to its end on it.
+    pub(crate) fn done(self) {
+        let PgReader { conn, readers, _permit } = self;
+        readers.idle().push((conn, std::time::Instant::now()));
+    }
+}
+
 /// The output of a future that is ready when first polled: a reader's statements (every [`Db`]
 /// method of a rusqlite connection) run to the end when called and never wait, so the store's
 /// functions, written once for both drivers as `async`, run on a reader from plain blocking code.

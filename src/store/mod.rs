@@ -33,7 +33,7 @@ use crate::domain::{
 };
 
 pub use cache::Book;
-use db::{Cols, Conn, Db, Lite, LiteReaders, Statement, Val};
+use db::{Cols, Conn, Db, Lite, LiteReaders, PgReaders, Statement, Val};
 pub use db::{WalPreallocate, WalSync};
 use rows::SettlementPages;
 pub use rows::{SettlementFilter, SettlementTotals, StoredSettlement, TermsRow};
@@ -44,6 +44,9 @@ const EXPORT_PAGE_ROWS: i64 = 500;
 /// How long a pooled PostgreSQL connection may sit idle before it is pinged again on its way out
 /// of the pool.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a read waits for a database connection when all are in use.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything that can go wrong below the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +99,19 @@ pub struct Store {
     backend: Backend,
     /// The SQLite file, which the writer opens through rusqlite.
     sqlite_path: Option<PathBuf>,
-    /// SQLite: the connections of the short reads ([`Store::member_snapshot`], the loss ratios, a
+    /// The connections of the short reads ([`Store::member_snapshot`], the loss ratios, a
     /// settlement by its key, the terms).
-    readers: Option<Arc<LiteReaders>>,
+    readers: Readers,
     /// How far the SQLite writer fills its WAL with zeros as it opens.
     wal_preallocate: WalPreallocate,
+}
+
+/// The connections of the store's short reads, of its own rather than sqlx's pool: see
+/// [`LiteReaders`] and [`PgReaders`].
+#[derive(Debug, Clone)]
+enum Readers {
+    Lite(Arc<LiteReaders>),
+    Pg(Arc<PgReaders>),
 }
 
 /// The shard of the next PostgreSQL writer: writers of one process take turns through the shards,
@@ -338,9 +349,15 @@ impl Store {
         // is worth a warning (its text holds no personal data: values are bound, not written in).
         let options =
             AnyConnectOptions::from_str(&url)?.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
+        let pg_readers = PgReaders::new(
+            options.clone(),
+            usize::try_from(max_connections.max(2)).unwrap_or(2),
+            PING_IDLE_AFTER,
+            ACQUIRE_TIMEOUT,
+        );
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             // A SQLite connection does not go stale; a ping is a round trip to sqlx's worker
             // thread before every read. A PostgreSQL one may have been closed by the server (a
             // restart, an idle timeout on the way): one that sat idle for `PING_IDLE_AFTER` is
@@ -380,7 +397,10 @@ impl Store {
             Backend::Sqlite => Some(db::sqlite_path(&url)?),
             Backend::Postgres => None,
         };
-        let readers = sqlite_path.clone().map(|path| Arc::new(LiteReaders::new(path)));
+        let readers = match &sqlite_path {
+            Some(path) => Readers::Lite(Arc::new(LiteReaders::new(path.clone()))),
+            None => Readers::Pg(Arc::new(pg_readers)),
+        };
         Ok(Store {
             pool,
             backend,
@@ -455,19 +475,29 @@ impl Store {
     }
 
     pub async fn terms_rows(&self, code: Option<&str>) -> Result<Vec<TermsRow>> {
-        if let Some(readers) = &self.readers {
-            return readers.read(|reader| db::ready(rows::terms_rows(reader, code)));
+        match &self.readers {
+            Readers::Lite(readers) => readers.read(|reader| db::ready(rows::terms_rows(reader, code))),
+            Readers::Pg(readers) => {
+                let mut reader = readers.acquire().await?;
+                let out = rows::terms_rows(reader.conn(), code).await?;
+                reader.done();
+                Ok(out)
+            }
         }
-        let mut conn = self.pool.acquire().await?;
-        rows::terms_rows(&mut *conn, code).await
     }
 
     pub async fn get_settlement(&self, hospital: &str, claim: &str) -> Result<Option<StoredSettlement>> {
-        if let Some(readers) = &self.readers {
-            return readers.read(|reader| db::ready(rows::settlement_by_key(reader, hospital, claim)));
+        match &self.readers {
+            Readers::Lite(readers) => {
+                readers.read(|reader| db::ready(rows::settlement_by_key(reader, hospital, claim)))
+            }
+            Readers::Pg(readers) => {
+                let mut reader = readers.acquire().await?;
+                let out = rows::settlement_by_key(reader.conn(), hospital, claim).await?;
+                reader.done();
+                Ok(out)
+            }
         }
-        let mut conn = self.pool.acquire().await?;
-        rows::settlement_by_key(&mut *conn, hospital, claim).await
     }
 
     /// The first `limit` settlements matching `filter` after number `after_seq`, in number order.
@@ -525,21 +555,31 @@ impl Store {
         code: Option<&str>,
         start: Option<&str>,
     ) -> Result<Vec<(PeriodKey, LossRatio, i64)>> {
-        if let Some(readers) = &self.readers {
-            return readers.read(|reader| db::ready(rows::loss_ratios(reader, code, start)));
+        match &self.readers {
+            Readers::Lite(readers) => readers.read(|reader| db::ready(rows::loss_ratios(reader, code, start))),
+            Readers::Pg(readers) => {
+                let mut reader = readers.acquire().await?;
+                let out = rows::loss_ratios(reader.conn(), code, start).await?;
+                reader.done();
+                Ok(out)
+            }
         }
-        let mut conn = self.pool.acquire().await?;
-        rows::loss_ratios(&mut *conn, code, start).await
     }
 
     /// A member with the accumulators of every period they are enrolled in, read in one statement
     /// so the figures agree with each other (preview, member view).
     pub async fn member_snapshot(&self, member_id: &MemberId) -> Result<Option<(Member, Accumulators)>> {
-        if let Some(readers) = &self.readers {
-            return readers.read(|reader| db::ready(member_snapshot_on(reader, self.backend, member_id)));
+        match &self.readers {
+            Readers::Lite(readers) => {
+                readers.read(|reader| db::ready(member_snapshot_on(reader, self.backend, member_id)))
+            }
+            Readers::Pg(readers) => {
+                let mut reader = readers.acquire().await?;
+                let out = member_snapshot_on(reader.conn(), self.backend, member_id).await?;
+                reader.done();
+                Ok(out)
+            }
         }
-        let mut conn = self.pool.acquire().await?;
-        member_snapshot_on(&mut *conn, self.backend, member_id).await
     }
 }
 

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 
 use claims::api::convert::draft_from_request;
 use claims::domain::{settle, Accumulators, Catalogue, Category, Claim, Member, MemberId, Terms};
-use claims::proto::{settlement_reply, ClaimRequest, ListSettlementsRequest, LossRatioRequest, ReverseRequest};
+use claims::proto::{
+    settlement_reply, ClaimRequest, GetMemberRequest, GetSettlementRequest, ListSettlementsRequest, LossRatioRequest,
+    ReverseRequest,
+};
 use common::*;
 use sqlx::{Connection, Row};
 use tokio_stream::StreamExt;
@@ -524,14 +527,16 @@ async fn a_member_locked_after_the_roster_check_is_read_again() {
     db.close().await.expect("close");
 }
 
-/// Pooled connections the database server closed while they sat idle (a restart, an idle timeout
-/// on the way) are pinged on their way out of the pool and replaced: the reads after it succeed.
+/// Connections the database server closed while they sat idle (a restart, an idle timeout on the
+/// way), the pool's and those of the short reads (`store::db::PgReaders`), are pinged before they
+/// are used again and replaced: the reads after it succeed, every kind of short read among them.
 /// Connections in steady use are not pinged (`store::PING_IDLE_AFTER`).
 #[tokio::test]
 async fn reads_after_the_server_closed_idle_connections_succeed() {
     let url = fresh_database().await;
     let app = spawn_pg_app(&url).await;
     enroll_cixi(&app, "M1", "DIBAO").await;
+    settle_stream(&app, vec![claim_a1("H1", "H1-0001")]).await;
     let read = || async {
         let mut reports = app.reports().await;
         reports
@@ -541,7 +546,35 @@ async fn reads_after_the_server_closed_idle_connections_succeed() {
             })
             .await
     };
+    let short_reads = || async {
+        let member = app
+            .members()
+            .await
+            .get_member(GetMemberRequest {
+                member_id: "M1".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let stored = app
+            .settlements()
+            .await
+            .get_settlement(GetSettlementRequest {
+                hospital_id: "H1".into(),
+                claim_id: "H1-0001".into(),
+            })
+            .await?
+            .into_inner();
+        let preview = app
+            .settlements()
+            .await
+            .preview(claim_a2("H1", "H1-0002"))
+            .await?
+            .into_inner();
+        Ok::<_, tonic::Status>((member, stored, preview))
+    };
     read().await.expect("a read before");
+    let before = short_reads().await.expect("short reads before");
     let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin connection");
     let closed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -558,6 +591,55 @@ async fn reads_after_the_server_closed_idle_connections_succeed() {
             .unwrap_or_else(|s| panic!("read {i} after the close: {s:?}"));
         assert!(!figures.into_inner().ratios.is_empty());
     }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin connection");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("terminate");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    for i in 0..4 {
+        let after = short_reads()
+            .await
+            .unwrap_or_else(|s| panic!("short reads {i} after the close: {s:?}"));
+        assert_eq!(after, before, "the same answers as before the close");
+    }
+    app.stop().await;
+}
+
+/// The short reads' connections are bounded as the pool's are (`--db-connections`): 64 callers at
+/// once leave the service holding no more than the pool, as many again for the short reads, and
+/// the writers' own.
+#[tokio::test]
+async fn concurrent_short_reads_hold_a_bounded_number_of_connections() {
+    let url = fresh_database().await;
+    let app = spawn_pg_app(&url).await;
+    enroll_cixi(&app, "M1", "DIBAO").await;
+    let calls = (0..64).map(|_| async {
+        app.reports()
+            .await
+            .get_loss_ratio(LossRatioRequest {
+                product_code: "cixi-medical-assistance".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("GetLossRatio");
+    }
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("admin connection");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("count");
+    let settings = claims::startup::Settings::default();
+    let most = 2 * i64::from(settings.db_connections_max) + i64::try_from(settings.ledger.writers).unwrap_or(0);
+    assert!(held > 0 && held <= most, "{held} connections (at most {most})");
     app.stop().await;
 }
 
