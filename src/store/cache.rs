@@ -432,6 +432,58 @@ mod tests {
         /// The writer's view of its cache answers every question exactly as a copy of the book,
         /// with the same run of changes applied to it, does.
         #[test]
+        fn added_usage_is_the_sum_of_what_was_added_without_zeros(
+            held in proptest::collection::vec(usage_entry(), 0..12),
+            added in proptest::collection::vec(usage_entry(), 0..24),
+            cancelled in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+        ) {
+            let mut cache = WriterCache::new(true);
+            let m = member(0);
+            let mut model: std::collections::BTreeMap<(PeriodKey, BenefitCode), BenefitUsage> =
+                std::collections::BTreeMap::new();
+            for e in &held {
+                model.insert((period(e.1), benefit(e.2)), usage(*e));
+            }
+            let stored = model.iter().map(|((k, b), u)| (k.clone(), b.clone(), *u)).collect();
+            cache.keep_usage(&[&m], vec![(m.clone(), stored)], &[], Vec::new());
+            // Some additions, then some usages taken back whole (they come to zero).
+            let mut deltas: Vec<(PeriodKey, BenefitCode, BenefitUsage)> =
+                added.iter().map(|e| (period(e.1), benefit(e.2), usage(*e))).collect();
+            let after_added = |model: &std::collections::BTreeMap<_, BenefitUsage>, deltas: &[(PeriodKey, BenefitCode, BenefitUsage)]| {
+                let mut sum = model.clone();
+                for (k, b, d) in deltas {
+                    sum.entry((k.clone(), b.clone())).or_default().add(d);
+                }
+                sum
+            };
+            let summed = after_added(&model, &deltas);
+            let entries: Vec<_> = summed.iter().collect();
+            for index in &cancelled {
+                if !entries.is_empty() {
+                    let ((k, b), u) = entries[index.index(entries.len())];
+                    deltas.push((k.clone(), b.clone(), u.negated()));
+                }
+            }
+            for (k, b, d) in &deltas {
+                cache.add_usage(&m, k, b, d);
+                let entry = model.entry((k.clone(), b.clone())).or_default();
+                entry.add(d);
+                if entry.is_zero() {
+                    model.remove(&(k.clone(), b.clone()));
+                }
+            }
+            let mut got: Vec<((PeriodKey, BenefitCode), BenefitUsage)> = cache
+                .usage_of(&m)
+                .into_iter()
+                .flatten()
+                .map(|(k, b, u)| ((k.clone(), b.clone()), *u))
+                .collect();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            let want: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
         fn view_answers_as_the_copy(
             held in proptest::collection::vec(usage_entry(), 0..20),
             totals in proptest::collection::vec((0u8..3, 0u32..1_000_000), 0..4),
