@@ -349,14 +349,23 @@ impl Store {
         // is worth a warning (its text holds no personal data: values are bound, not written in).
         let options =
             AnyConnectOptions::from_str(&url)?.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(30));
+        // On PostgreSQL the short reads' connections are half of `max_connections` and the pool
+        // the rest (at least two): a process holds no more connections for reads than it is given.
+        let (pool_max, readers_max) = match backend {
+            Backend::Postgres => {
+                let readers = (max_connections / 2).max(1);
+                (max_connections.saturating_sub(readers).max(2), readers)
+            }
+            Backend::Sqlite => (max_connections.max(2), 0),
+        };
         let pg_readers = PgReaders::new(
             options.clone(),
-            usize::try_from(max_connections.max(2)).unwrap_or(2),
+            usize::try_from(readers_max).unwrap_or(1),
             PING_IDLE_AFTER,
             ACQUIRE_TIMEOUT,
         );
         let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(2))
+            .max_connections(pool_max)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // A SQLite connection does not go stale; a ping is a round trip to sqlx's worker
             // thread before every read. A PostgreSQL one may have been closed by the server (a
