@@ -753,10 +753,7 @@ impl LiteReaders {
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<rusqlite::Connection>> {
-        match self.idle.lock() {
-            Ok(idle) => idle,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        unpoisoned(&self.idle)
     }
 
     /// An idle connection, or a new one, with a read transaction begun.
@@ -809,7 +806,7 @@ impl std::fmt::Debug for PgReaders {
 }
 
 /// A connection of [`PgReaders`], in use.
-pub(crate) struct PgReader<'a> {
+struct PgReader<'a> {
     conn: AnyConnection,
     readers: &'a PgReaders,
     _permit: tokio::sync::SemaphorePermit<'a>,
@@ -832,15 +829,20 @@ impl PgReaders {
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(AnyConnection, std::time::Instant)>> {
-        match self.idle.lock() {
-            Ok(idle) => idle,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        unpoisoned(&self.idle)
+    }
+
+    /// Runs `read` on a connection, kept for the next read once `read` returned `Ok`.
+    pub(crate) async fn read<T>(&self, read: impl AsyncFnOnce(&mut AnyConnection) -> Result<T>) -> Result<T> {
+        let mut reader = self.acquire().await?;
+        let out = read(&mut reader.conn).await?;
+        reader.done();
+        Ok(out)
     }
 
     /// A connection: the one used last (an idle one that answers its ping, if it sat idle long),
     /// or a new one. Waits for one of the others to come back when all are in use.
-    pub(crate) async fn acquire(&self) -> Result<PgReader<'_>> {
+    async fn acquire(&self) -> Result<PgReader<'_>> {
         let permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
@@ -867,14 +869,19 @@ impl PgReaders {
 }
 
 impl PgReader<'_> {
-    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.conn
-    }
-
     /// Keeps the connection for the next read, once a read ran to its end on it.
-    pub(crate) fn done(self) {
+    fn done(self) {
         let PgReader { conn, readers, _permit } = self;
         readers.idle().push((conn, std::time::Instant::now()));
+    }
+}
+
+/// A lock on a list of idle connections: one a thread panicked holding is still a list of
+/// connections, each whole (a push or a pop either happened or not).
+fn unpoisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

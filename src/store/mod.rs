@@ -358,12 +358,19 @@ impl Store {
             }
             Backend::Sqlite => (max_connections.max(2), 0),
         };
-        let pg_readers = PgReaders::new(
-            options.clone(),
-            usize::try_from(readers_max).unwrap_or(1),
-            PING_IDLE_AFTER,
-            ACQUIRE_TIMEOUT,
-        );
+        let sqlite_path = match backend {
+            Backend::Sqlite => Some(db::sqlite_path(&url)?),
+            Backend::Postgres => None,
+        };
+        let readers = match &sqlite_path {
+            Some(path) => Readers::Lite(Arc::new(LiteReaders::new(path.clone()))),
+            None => Readers::Pg(Arc::new(PgReaders::new(
+                options.clone(),
+                usize::try_from(readers_max).unwrap_or(1),
+                PING_IDLE_AFTER,
+                ACQUIRE_TIMEOUT,
+            ))),
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(pool_max)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -402,14 +409,6 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
-        let sqlite_path = match backend {
-            Backend::Sqlite => Some(db::sqlite_path(&url)?),
-            Backend::Postgres => None,
-        };
-        let readers = match &sqlite_path {
-            Some(path) => Readers::Lite(Arc::new(LiteReaders::new(path.clone()))),
-            None => Readers::Pg(Arc::new(pg_readers)),
-        };
         Ok(Store {
             pool,
             backend,
@@ -486,12 +485,7 @@ impl Store {
     pub async fn terms_rows(&self, code: Option<&str>) -> Result<Vec<TermsRow>> {
         match &self.readers {
             Readers::Lite(readers) => readers.read(|reader| db::ready(rows::terms_rows(reader, code))),
-            Readers::Pg(readers) => {
-                let mut reader = readers.acquire().await?;
-                let out = rows::terms_rows(reader.conn(), code).await?;
-                reader.done();
-                Ok(out)
-            }
+            Readers::Pg(readers) => readers.read(async |conn| rows::terms_rows(conn, code).await).await,
         }
     }
 
@@ -501,10 +495,9 @@ impl Store {
                 readers.read(|reader| db::ready(rows::settlement_by_key(reader, hospital, claim)))
             }
             Readers::Pg(readers) => {
-                let mut reader = readers.acquire().await?;
-                let out = rows::settlement_by_key(reader.conn(), hospital, claim).await?;
-                reader.done();
-                Ok(out)
+                readers
+                    .read(async |conn| rows::settlement_by_key(conn, hospital, claim).await)
+                    .await
             }
         }
     }
@@ -567,10 +560,9 @@ impl Store {
         match &self.readers {
             Readers::Lite(readers) => readers.read(|reader| db::ready(rows::loss_ratios(reader, code, start))),
             Readers::Pg(readers) => {
-                let mut reader = readers.acquire().await?;
-                let out = rows::loss_ratios(reader.conn(), code, start).await?;
-                reader.done();
-                Ok(out)
+                readers
+                    .read(async |conn| rows::loss_ratios(conn, code, start).await)
+                    .await
             }
         }
     }
@@ -583,10 +575,9 @@ impl Store {
                 readers.read(|reader| db::ready(member_snapshot_on(reader, self.backend, member_id)))
             }
             Readers::Pg(readers) => {
-                let mut reader = readers.acquire().await?;
-                let out = member_snapshot_on(reader.conn(), self.backend, member_id).await?;
-                reader.done();
-                Ok(out)
+                readers
+                    .read(async |conn| member_snapshot_on(conn, self.backend, member_id).await)
+                    .await
             }
         }
     }
@@ -1063,9 +1054,7 @@ impl Writer {
             ]);
         }
         // Row order of RETURNING is not defined: the key maps each number back.
-        let mut statements = row_statements(
-            self.backend,
-            self.conn.rows_per_statement(),
+        let mut statements = self.row_statements(
             "INSERT INTO settlements (hospital_id, claim_id, member_id, service_date, category, claim_json, \
              total_cost_fen, upstream_fen, payout_fen, out_of_pocket_fen, reasons, settled_at, layers)",
             &SETTLEMENT_COLUMNS,
@@ -1165,9 +1154,7 @@ impl Writer {
             .into_iter()
             .flat_map(|(m, json)| [Val::Str(m.as_str()), Val::Text(json)])
             .collect();
-        let mut statements = row_statements(
-            self.backend,
-            self.conn.rows_per_statement(),
+        let mut statements = self.row_statements(
             "INSERT INTO member_usage (member_id, usage)",
             &[Column::Text, Column::Text],
             " ON CONFLICT (member_id) DO UPDATE SET usage = excluded.usage",
@@ -1198,6 +1185,24 @@ impl Writer {
         Ok(())
     }
 
+    /// [`row_statements`] for this writer's backend and connection.
+    fn row_statements<'a>(
+        &self,
+        head: &str,
+        columns: &[Column],
+        tail: &str,
+        values: Vec<Val<'a>>,
+    ) -> Result<Vec<Statement<'a>>> {
+        row_statements(
+            self.backend,
+            self.conn.rows_per_statement(),
+            head,
+            columns,
+            tail,
+            values,
+        )
+    }
+
     /// The statements of [`Writer::add_to_totals`]: where the shard's row of a period exists, the
     /// changes are added to it.
     fn totals_statements(&self, deltas: &BTreeMap<PeriodKey, TotalsDelta>) -> Result<Vec<Statement<'static>>> {
@@ -1216,9 +1221,7 @@ impl Writer {
         let t = "product_total_shards";
         let added = ["written_premium_fen", "enrolled_members", "paid_fen", "paid_claims"];
         let sets: Vec<String> = added.iter().map(|c| format!("{c} = {t}.{c} + excluded.{c}")).collect();
-        row_statements(
-            self.backend,
-            self.conn.rows_per_statement(),
+        self.row_statements(
             &format!(
                 "INSERT INTO {t} (product_code, period_start, shard, {})",
                 added.join(", ")
@@ -1283,9 +1286,7 @@ impl Writer {
             .iter()
             .flat_map(|id| [Val::Str(id.as_str()), Val::Str(now)])
             .collect();
-        let statements = row_statements(
-            self.backend,
-            self.conn.rows_per_statement(),
+        let statements = self.row_statements(
             "INSERT INTO members (member_id, created_at)",
             &[Column::Text, Column::Text],
             " ON CONFLICT (member_id) DO NOTHING RETURNING member_id",
@@ -1322,9 +1323,7 @@ impl Writer {
                 ]
             })
             .collect();
-        let statements = row_statements(
-            self.backend,
-            self.conn.rows_per_statement(),
+        let statements = self.row_statements(
             "INSERT INTO member_categories (member_id, effective_date, category)",
             &[Column::Text, Column::Text, Column::Text],
             " ON CONFLICT (member_id, effective_date) DO UPDATE SET category = excluded.category",
@@ -1405,9 +1404,7 @@ impl Writer {
                 ]
             })
             .collect();
-        let statements = row_statements(
-            self.backend,
-            self.conn.rows_per_statement(),
+        let statements = self.row_statements(
             "INSERT INTO enrollments (member_id, product_code, period_start, premium_fen)",
             &[Column::Text, Column::Text, Column::Text, Column::Int],
             " ON CONFLICT (member_id, product_code, period_start) DO UPDATE SET premium_fen = excluded.premium_fen",
