@@ -40,6 +40,17 @@ async fn settle_stream(app: &TestApp, claims: Vec<ClaimRequest>) -> Vec<claims::
     replies.map(|r| r.expect("reply")).collect().await
 }
 
+/// `GetLossRatio` of `cixi-medical-assistance`, every period.
+async fn cixi_loss_ratio(app: &TestApp) -> Result<tonic::Response<claims::proto::LossRatioResponse>, tonic::Status> {
+    app.reports()
+        .await
+        .get_loss_ratio(LossRatioRequest {
+            product_code: "cixi-medical-assistance".into(),
+            ..Default::default()
+        })
+        .await
+}
+
 fn settled(reply: &claims::proto::SettlementReply) -> &claims::proto::Settlement {
     match &reply.result {
         Some(settlement_reply::Result::Settlement(s)) => s.settlement.as_ref().expect("settlement"),
@@ -99,17 +110,7 @@ async fn worked_example_a_idempotency_and_reversal_on_postgres() {
 
     // A restart on the same database finds everything.
     let app = spawn_pg_app(&url).await;
-    let mut reports = app.reports().await;
-    let ratios = reports
-        .get_loss_ratio(LossRatioRequest {
-            product_code: "cixi-medical-assistance".into(),
-            period_start: String::new(),
-            ..Default::default()
-        })
-        .await
-        .expect("loss ratio")
-        .into_inner()
-        .ratios;
+    let ratios = cixi_loss_ratio(&app).await.expect("loss ratio").into_inner().ratios;
     assert_eq!(ratios.len(), 1);
     // 16,000 + 8,000 + 9,600 (H1-0002 reversed).
     assert_eq!(ratios[0].paid, "33600.00");
@@ -537,15 +538,7 @@ async fn reads_after_the_server_closed_idle_connections_succeed() {
     let app = spawn_pg_app(&url).await;
     enroll_cixi(&app, "M1", "DIBAO").await;
     settle_stream(&app, vec![claim_a1("H1", "H1-0001")]).await;
-    let read = || async {
-        let mut reports = app.reports().await;
-        reports
-            .get_loss_ratio(LossRatioRequest {
-                product_code: "cixi-medical-assistance".into(),
-                ..Default::default()
-            })
-            .await
-    };
+    let read = || cixi_loss_ratio(&app);
     let short_reads = || async {
         let member = app
             .members()
@@ -617,15 +610,7 @@ async fn concurrent_short_reads_hold_a_bounded_number_of_connections() {
     let url = fresh_database().await;
     let app = spawn_pg_app(&url).await;
     enroll_cixi(&app, "M1", "DIBAO").await;
-    let calls = (0..64).map(|_| async {
-        app.reports()
-            .await
-            .get_loss_ratio(LossRatioRequest {
-                product_code: "cixi-medical-assistance".into(),
-                ..Default::default()
-            })
-            .await
-    });
+    let calls = (0..64).map(|_| cixi_loss_ratio(&app));
     for result in futures::future::join_all(calls).await {
         result.expect("GetLossRatio");
     }
