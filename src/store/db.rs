@@ -847,24 +847,20 @@ impl PgReaders {
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
-        loop {
+        let conn = loop {
             let Some((mut conn, since)) = self.idle().pop() else {
                 use sqlx::ConnectOptions;
-                let conn = self.options.connect().await?;
-                return Ok(PgReader {
-                    conn,
-                    readers: self,
-                    _permit: permit,
-                });
+                break self.options.connect().await?;
             };
             if since.elapsed() < self.ping_idle_after || sqlx::Connection::ping(&mut conn).await.is_ok() {
-                return Ok(PgReader {
-                    conn,
-                    readers: self,
-                    _permit: permit,
-                });
+                break conn;
             }
-        }
+        };
+        Ok(PgReader {
+            conn,
+            readers: self,
+            _permit: permit,
+        })
     }
 }
 
